@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — the README's first command, on a fresh Debian 12 machine, as root:
+#   1. installs the Debian packages (scripts/install-deps.sh) and checks for cargo;
+#   2. builds strata (cargo build --release --locked) and installs it as /usr/local/bin/strata;
+#   3. builds the default busybox image locally (scripts/default-image.sh, no registry) and
+#      imports it as busybox:latest unless the store already has that tag;
+#   4. runs the main job (main_job, at the end of this file).
+# Works from any directory. The store is strata's default (--root / STRATA_ROOT).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH=$HOME/.cargo/bin:$PATH
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install dependencies"
+bash scripts/install-deps.sh
+
+step "build strata (release)"
+if [ -f Cargo.lock ]; then
+  cargo build --release --locked
+else
+  cargo build --release
+fi
+install -m 0755 target/release/strata /usr/local/bin/strata
+STRATA=/usr/local/bin/strata
+version=$("$STRATA" version 2>/dev/null) || version="version unknown"
+echo "installed $STRATA (${version%%$'\n'*})"
+
+step "default image busybox:latest"
+bash scripts/default-image.sh target/default-image.tar
+existing=$("$STRATA" images -q busybox:latest)
+if [ -z "$existing" ]; then
+  "$STRATA" import target/default-image.tar busybox:latest
+else
+  echo "busybox:latest is already in the store"
+fi
+
+# ---------------------------------------------------------------------------------------
+# THE MAIN JOB: the one place that says what `bash scripts/setup.sh` finally runs.
+# (A later issue replaces this with `strata run --rm busybox ...`.)
+main_job() {
+  "$STRATA" images
+}
+
+step "main job"
+main_job

@@ -1,0 +1,15 @@
+//! strata: a userspace union filesystem and container image store.
+//!
+//! # Layout
+//! - [`store`]: content-addressed blobs, extracted layers (kernel overlayfs format, each with a
+//!   tree index), the SQLite index, import/load/save. Never mounts.
+//! - [`cow`]: the union logic; for now the on-disk overlay encoding the store writes.
+//! - [`cli`]: the `strata` command line and its docker-like output.
+//! - [`progress`]: progress bars on a terminal, silence otherwise.
+//! - [`sys`]: the few raw system calls `nix` does not wrap (the only `unsafe` code).
+
+pub mod cli;
+pub mod cow;
+pub mod progress;
+pub mod store;
+pub mod sys;

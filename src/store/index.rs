@@ -1,0 +1,718 @@
+//! The SQLite index (`index.db`): created from `schema.sql`, versioned with `PRAGMA
+//! user_version`, in WAL mode so that readers never wait for a writer. Every change runs inside
+//! `BEGIN IMMEDIATE`, with a long busy timeout, so that several strata processes at once queue
+//! for the write lock instead of failing with "database is locked".
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::digest::Digest;
+use super::error::{DbContext, Error, Result};
+
+/// The schema, embedded.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+/// The version `schema.sql` creates; migrations bring older stores up to it.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a process waits for another's write transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A blob row.
+#[derive(Debug, Clone)]
+pub struct BlobRow {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: Option<String>,
+}
+
+/// A layer row.
+#[derive(Debug, Clone)]
+pub struct LayerRow {
+    pub diff_id: Digest,
+    pub size: u64,
+    pub content_size: u64,
+    pub entries: u64,
+    pub tree_digest: Digest,
+    pub xattr_ns: String,
+    pub created: i64,
+}
+
+/// An image row.
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub created: Option<String>,
+    pub architecture: Option<String>,
+    pub os: Option<String>,
+    pub size: u64,
+    pub added: i64,
+}
+
+/// A tag row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    pub repository: String,
+    pub tag: String,
+    pub image_id: Digest,
+    pub manifest_digest: Option<Digest>,
+}
+
+/// An open index.
+pub struct Index {
+    conn: Connection,
+}
+
+fn digest_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Digest> {
+    let s: String = row.get(i)?;
+    s.parse().map_err(|e: super::digest::BadDigest| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn opt_digest_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Digest>> {
+    let s: Option<String> = row.get(i)?;
+    s.map(|s| {
+        s.parse().map_err(|e: super::digest::BadDigest| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked)
+}
+
+/// Runs `f` again while SQLite answers "busy" (the busy handler does not cover every case, for
+/// example changing the journal mode), up to the busy timeout.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && start.elapsed() < BUSY_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
+impl Index {
+    /// Opens (creating or migrating) the index at `path`.
+    pub fn open(path: &Path) -> Result<Index> {
+        let conn =
+            Connection::open(path).map_err(|e| Error::db(format!("open {}", path.display()), e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).dbctx("set busy timeout")?;
+        let mode: String =
+            retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
+                .dbctx("switch to WAL mode")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Invalid(format!(
+                "{}: SQLite refused WAL mode (got {mode}); is the store on a network filesystem?",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .dbctx("set pragmas")?;
+        let index = Index { conn };
+        index.migrate()?;
+        Ok(index)
+    }
+
+    fn user_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .dbctx("read schema version")
+    }
+
+    fn migrate(&self) -> Result<()> {
+        if self.user_version()? == SCHEMA_VERSION {
+            return Ok(());
+        }
+        self.write("create the schema", |conn| {
+            // Checked again under the write lock: another process may have just done it.
+            let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).dbctx("read schema version")?;
+            match v {
+                0 => conn.execute_batch(SCHEMA).dbctx("create tables from schema.sql"),
+                SCHEMA_VERSION => Ok(()),
+                v if v > SCHEMA_VERSION => Err(Error::Invalid(format!(
+                    "the index has schema version {v}, newer than this strata ({SCHEMA_VERSION}); upgrade strata"
+                ))),
+                v => Err(Error::Invalid(format!("no migration from schema version {v}"))),
+            }
+        })
+    }
+
+    /// The schema version of the open index.
+    pub fn schema_version(&self) -> Result<i64> {
+        self.user_version()
+    }
+
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`): committed when `f` succeeds, rolled
+    /// back otherwise.
+    pub fn write<T>(&self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        retry_busy(|| self.conn.execute_batch("BEGIN IMMEDIATE"))
+            .map_err(|e| Error::db(format!("{what}: begin"), e))?;
+        match f(&self.conn) {
+            Ok(v) => match retry_busy(|| self.conn.execute_batch("COMMIT")) {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(Error::db(format!("{what}: commit"), e))
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The connection, for reads.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    // ---- blobs
+
+    /// The row of a blob.
+    pub fn blob(&self, d: &Digest) -> Result<Option<BlobRow>> {
+        blob(&self.conn, d)
+    }
+
+    /// Every blob row.
+    pub fn blobs(&self) -> Result<Vec<BlobRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT digest, size, media_type FROM blobs ORDER BY digest")
+            .dbctx("list blobs")?;
+        st.query_map([], |r| {
+            Ok(BlobRow {
+                digest: digest_col(r, 0)?,
+                size: r.get::<_, i64>(1)? as u64,
+                media_type: r.get(2)?,
+            })
+        })
+        .dbctx("list blobs")?
+        .collect::<rusqlite::Result<_>>()
+        .dbctx("list blobs")
+    }
+
+    // ---- layers
+
+    /// The row of a layer.
+    pub fn layer(&self, diff_id: &Digest) -> Result<Option<LayerRow>> {
+        layer(&self.conn, diff_id)
+    }
+
+    /// Every layer row.
+    pub fn layers(&self) -> Result<Vec<LayerRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("{LAYER_SELECT} ORDER BY diff_id"))
+            .dbctx("list layers")?;
+        st.query_map([], layer_row)
+            .dbctx("list layers")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list layers")
+    }
+
+    // ---- images and tags
+
+    /// The row of an image.
+    pub fn image(&self, id: &Digest) -> Result<Option<ImageRow>> {
+        image(&self.conn, id)
+    }
+
+    /// Every image, newest first.
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("{IMAGE_SELECT} ORDER BY added DESC, id"))
+            .dbctx("list images")?;
+        st.query_map([], image_row)
+            .dbctx("list images")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list images")
+    }
+
+    /// The diff_ids of an image's layers, bottom first.
+    pub fn image_layers(&self, id: &Digest) -> Result<Vec<Digest>> {
+        image_layers(&self.conn, id)
+    }
+
+    /// Every tag, sorted by repository and tag.
+    pub fn tags(&self) -> Result<Vec<TagRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT repository, tag, image_id, manifest_digest FROM tags ORDER BY repository, tag",
+            )
+            .dbctx("list tags")?;
+        st.query_map([], tag_row)
+            .dbctx("list tags")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list tags")
+    }
+
+    /// The tags of one image.
+    pub fn tags_of(&self, id: &Digest) -> Result<Vec<TagRow>> {
+        tags_of(&self.conn, id)
+    }
+
+    /// The tag row of `repository:tag`.
+    pub fn tag(&self, repository: &str, tag: &str) -> Result<Option<TagRow>> {
+        self.conn
+            .query_row(
+                "SELECT repository, tag, image_id, manifest_digest FROM tags WHERE repository = ?1 AND tag = ?2",
+                params![repository, tag],
+                tag_row,
+            )
+            .optional()
+            .dbctx("read tag")
+    }
+
+    /// The repository digests (`repo@sha256:…`) of one image.
+    pub fn repo_digests_of(&self, id: &Digest) -> Result<Vec<(String, Digest)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT repository, digest FROM repo_digests WHERE image_id = ?1 ORDER BY repository, digest")
+            .dbctx("list repo digests")?;
+        st.query_map([id.to_string()], |r| Ok((r.get(0)?, digest_col(r, 1)?)))
+            .dbctx("list repo digests")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list repo digests")
+    }
+
+    /// The image a manifest digest belongs to.
+    pub fn image_of_manifest(&self, manifest: &Digest) -> Result<Option<Digest>> {
+        self.conn
+            .query_row(
+                "SELECT image_id FROM manifests WHERE digest = ?1",
+                [manifest.to_string()],
+                |r| digest_col(r, 0),
+            )
+            .optional()
+            .dbctx("find manifest")
+    }
+
+    /// Every (manifest digest, media type) of an image.
+    pub fn manifests_of(&self, id: &Digest) -> Result<Vec<(Digest, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT digest, media_type FROM manifests WHERE image_id = ?1 ORDER BY digest",
+            )
+            .dbctx("list manifests")?;
+        st.query_map([id.to_string()], |r| Ok((digest_col(r, 0)?, r.get(1)?)))
+            .dbctx("list manifests")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list manifests")
+    }
+
+    /// Every image id whose hex starts with `prefix`.
+    pub fn images_with_prefix(&self, prefix: &str) -> Result<Vec<Digest>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM images WHERE substr(id, 8, ?2) = ?1 ORDER BY id")
+            .dbctx("find image by id prefix")?;
+        st.query_map(params![prefix, prefix.len() as i64], |r| digest_col(r, 0))
+            .dbctx("find image by id prefix")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("find image by id prefix")
+    }
+
+    /// How many containers use an image.
+    pub fn containers_using(&self, id: &Digest) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM containers WHERE image_id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .dbctx("count containers")
+    }
+
+    /// Number of rows in a table (for `info` and `system df`).
+    pub fn count(&self, table: &str) -> Result<u64> {
+        // table names come from this crate only
+        self.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .dbctx("count rows")
+    }
+}
+
+// ---- statement helpers usable inside a write transaction (they take the connection)
+
+const LAYER_SELECT: &str =
+    "SELECT diff_id, size, content_size, entries, tree_digest, xattr_ns, created FROM layers";
+const IMAGE_SELECT: &str =
+    "SELECT id, manifest_digest, created, architecture, os, size, added FROM images";
+
+fn layer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LayerRow> {
+    Ok(LayerRow {
+        diff_id: digest_col(r, 0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        content_size: r.get::<_, i64>(2)? as u64,
+        entries: r.get::<_, i64>(3)? as u64,
+        tree_digest: digest_col(r, 4)?,
+        xattr_ns: r.get(5)?,
+        created: r.get(6)?,
+    })
+}
+
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: digest_col(r, 0)?,
+        manifest_digest: digest_col(r, 1)?,
+        created: r.get(2)?,
+        architecture: r.get(3)?,
+        os: r.get(4)?,
+        size: r.get::<_, i64>(5)? as u64,
+        added: r.get(6)?,
+    })
+}
+
+fn tag_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TagRow> {
+    Ok(TagRow {
+        repository: r.get(0)?,
+        tag: r.get(1)?,
+        image_id: digest_col(r, 2)?,
+        manifest_digest: opt_digest_col(r, 3)?,
+    })
+}
+
+/// The row of a blob.
+pub fn blob(conn: &Connection, d: &Digest) -> Result<Option<BlobRow>> {
+    conn.query_row(
+        "SELECT digest, size, media_type FROM blobs WHERE digest = ?1",
+        [d.to_string()],
+        |r| {
+            Ok(BlobRow {
+                digest: digest_col(r, 0)?,
+                size: r.get::<_, i64>(1)? as u64,
+                media_type: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .dbctx("read blob row")
+}
+
+/// Records a blob (no change if it is known).
+pub fn insert_blob(
+    conn: &Connection,
+    d: &Digest,
+    size: u64,
+    media_type: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO blobs (digest, size, media_type, created) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(digest) DO UPDATE SET media_type = coalesce(blobs.media_type, excluded.media_type)",
+        params![d.to_string(), size as i64, media_type, now],
+    )
+    .map(drop)
+    .dbctx("insert blob row")
+}
+
+/// The row of a layer.
+pub fn layer(conn: &Connection, diff_id: &Digest) -> Result<Option<LayerRow>> {
+    conn.query_row(
+        &format!("{LAYER_SELECT} WHERE diff_id = ?1"),
+        [diff_id.to_string()],
+        layer_row,
+    )
+    .optional()
+    .dbctx("read layer row")
+}
+
+/// Records a layer.
+pub fn insert_layer(conn: &Connection, l: &LayerRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO layers (diff_id, size, content_size, entries, tree_digest, xattr_ns, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            l.diff_id.to_string(),
+            l.size as i64,
+            l.content_size as i64,
+            l.entries as i64,
+            l.tree_digest.to_string(),
+            l.xattr_ns,
+            l.created
+        ],
+    )
+    .map(drop)
+    .dbctx("insert layer row")
+}
+
+/// The row of an image.
+pub fn image(conn: &Connection, id: &Digest) -> Result<Option<ImageRow>> {
+    conn.query_row(
+        &format!("{IMAGE_SELECT} WHERE id = ?1"),
+        [id.to_string()],
+        image_row,
+    )
+    .optional()
+    .dbctx("read image row")
+}
+
+/// The diff_ids of an image's layers, bottom first.
+pub fn image_layers(conn: &Connection, id: &Digest) -> Result<Vec<Digest>> {
+    let mut st = conn
+        .prepare_cached("SELECT diff_id FROM image_layers WHERE image_id = ?1 ORDER BY position")
+        .dbctx("list image layers")?;
+    st.query_map([id.to_string()], |r| digest_col(r, 0))
+        .dbctx("list image layers")?
+        .collect::<rusqlite::Result<_>>()
+        .dbctx("list image layers")
+}
+
+/// Records an image with its layers (no change if the image is known).
+pub fn insert_image(conn: &Connection, img: &ImageRow, layers: &[Digest]) -> Result<bool> {
+    let n = conn
+        .execute(
+            "INSERT OR IGNORE INTO images (id, manifest_digest, created, architecture, os, size, added)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                img.id.to_string(),
+                img.manifest_digest.to_string(),
+                img.created,
+                img.architecture,
+                img.os,
+                img.size as i64,
+                img.added
+            ],
+        )
+        .dbctx("insert image row")?;
+    if n == 0 {
+        return Ok(false);
+    }
+    for (i, l) in layers.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO image_layers (image_id, position, diff_id) VALUES (?1, ?2, ?3)",
+            params![img.id.to_string(), i as i64, l.to_string()],
+        )
+        .dbctx("insert image layer row")?;
+    }
+    Ok(true)
+}
+
+/// Records a manifest of an image and the blobs it names (no change if known).
+pub fn insert_manifest(
+    conn: &Connection,
+    digest: &Digest,
+    image: &Digest,
+    media_type: &str,
+    blobs: &[Digest],
+) -> Result<()> {
+    let n = conn
+        .execute(
+            "INSERT OR IGNORE INTO manifests (digest, image_id, media_type) VALUES (?1, ?2, ?3)",
+            params![digest.to_string(), image.to_string(), media_type],
+        )
+        .dbctx("insert manifest row")?;
+    if n > 0 {
+        for b in blobs {
+            conn.execute(
+                "INSERT OR IGNORE INTO manifest_blobs (manifest_digest, blob_digest) VALUES (?1, ?2)",
+                params![digest.to_string(), b.to_string()],
+            )
+            .dbctx("insert manifest blob row")?;
+        }
+    }
+    Ok(())
+}
+
+/// Points `repository:tag` at an image (moving it if it pointed elsewhere).
+pub fn set_tag(conn: &Connection, t: &TagRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO tags (repository, tag, image_id, manifest_digest) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(repository, tag) DO UPDATE SET image_id = excluded.image_id,
+             manifest_digest = excluded.manifest_digest",
+        params![
+            t.repository,
+            t.tag,
+            t.image_id.to_string(),
+            t.manifest_digest.as_ref().map(|d| d.to_string())
+        ],
+    )
+    .map(drop)
+    .dbctx("write tag row")
+}
+
+/// Records `repository@digest` for an image.
+pub fn add_repo_digest(
+    conn: &Connection,
+    repository: &str,
+    digest: &Digest,
+    image: &Digest,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO repo_digests (repository, digest, image_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT(repository, digest) DO UPDATE SET image_id = excluded.image_id",
+        params![repository, digest.to_string(), image.to_string()],
+    )
+    .map(drop)
+    .dbctx("write repo digest row")
+}
+
+/// The tags of one image.
+pub fn tags_of(conn: &Connection, id: &Digest) -> Result<Vec<TagRow>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT repository, tag, image_id, manifest_digest FROM tags WHERE image_id = ?1 ORDER BY repository, tag",
+        )
+        .dbctx("list tags")?;
+    st.query_map([id.to_string()], tag_row)
+        .dbctx("list tags")?
+        .collect::<rusqlite::Result<_>>()
+        .dbctx("list tags")
+}
+
+/// The tag row of `repository:tag`.
+pub fn tags_of_name(conn: &Connection, repository: &str, tag: &str) -> Result<Option<TagRow>> {
+    conn.query_row(
+        "SELECT repository, tag, image_id, manifest_digest FROM tags WHERE repository = ?1 AND tag = ?2",
+        params![repository, tag],
+        tag_row,
+    )
+    .optional()
+    .dbctx("read tag")
+}
+
+/// Removes one tag; whether it existed.
+pub fn delete_tag(conn: &Connection, repository: &str, tag: &str) -> Result<bool> {
+    conn.execute(
+        "DELETE FROM tags WHERE repository = ?1 AND tag = ?2",
+        params![repository, tag],
+    )
+    .map(|n| n > 0)
+    .dbctx("delete tag row")
+}
+
+/// Removes an image with its layers list, manifests, tags and repo digests (not the blobs or
+/// layers themselves: see [`unreferenced_blobs`] and [`unreferenced_layers`]).
+pub fn delete_image(conn: &Connection, id: &Digest) -> Result<()> {
+    let id = id.to_string();
+    for sql in [
+        "DELETE FROM tags WHERE image_id = ?1",
+        "DELETE FROM repo_digests WHERE image_id = ?1",
+        "DELETE FROM manifest_blobs WHERE manifest_digest IN (SELECT digest FROM manifests WHERE image_id = ?1)",
+        "DELETE FROM manifests WHERE image_id = ?1",
+        "DELETE FROM image_layers WHERE image_id = ?1",
+        "DELETE FROM images WHERE id = ?1",
+    ] {
+        conn.execute(sql, [&id]).dbctx("delete image rows")?;
+    }
+    Ok(())
+}
+
+/// Blobs no image, manifest or live lease refers to.
+pub fn unreferenced_blobs(conn: &Connection) -> Result<Vec<Digest>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT digest FROM blobs b WHERE
+                 NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)
+             AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)
+             AND NOT EXISTS (SELECT 1 FROM images i WHERE i.id = b.digest)
+             AND NOT EXISTS (SELECT 1 FROM lease_refs l WHERE l.kind = 'blob' AND l.key = b.digest)",
+        )
+        .dbctx("find unreferenced blobs")?;
+    st.query_map([], |r| digest_col(r, 0))
+        .dbctx("find unreferenced blobs")?
+        .collect::<rusqlite::Result<_>>()
+        .dbctx("find unreferenced blobs")
+}
+
+/// Layers no image or live lease refers to.
+pub fn unreferenced_layers(conn: &Connection) -> Result<Vec<Digest>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT diff_id FROM layers l WHERE
+                 NOT EXISTS (SELECT 1 FROM image_layers il WHERE il.diff_id = l.diff_id)
+             AND NOT EXISTS (SELECT 1 FROM lease_refs r WHERE r.kind = 'layer' AND r.key = l.diff_id)",
+        )
+        .dbctx("find unreferenced layers")?;
+    st.query_map([], |r| digest_col(r, 0))
+        .dbctx("find unreferenced layers")?
+        .collect::<rusqlite::Result<_>>()
+        .dbctx("find unreferenced layers")
+}
+
+/// Deletes a blob row.
+pub fn delete_blob(conn: &Connection, d: &Digest) -> Result<()> {
+    conn.execute("DELETE FROM blobs WHERE digest = ?1", [d.to_string()])
+        .map(drop)
+        .dbctx("delete blob row")
+}
+
+/// Deletes a layer row.
+pub fn delete_layer(conn: &Connection, d: &Digest) -> Result<()> {
+    conn.execute("DELETE FROM layers WHERE diff_id = ?1", [d.to_string()])
+        .map(drop)
+        .dbctx("delete layer row")
+}
+
+// ---- leases
+
+/// A lease row.
+#[derive(Debug, Clone)]
+pub struct LeaseRow {
+    pub id: String,
+    pub pid: u32,
+    pub pid_start: u64,
+}
+
+/// Creates a lease.
+pub fn insert_lease(conn: &Connection, l: &LeaseRow, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO leases (id, pid, pid_start, created) VALUES (?1, ?2, ?3, ?4)",
+        params![l.id, l.pid as i64, l.pid_start as i64, now],
+    )
+    .map(drop)
+    .dbctx("insert lease")
+}
+
+/// Adds a reference to a lease.
+pub fn lease_ref(conn: &Connection, lease: &str, kind: &str, key: &Digest) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO lease_refs (lease_id, kind, key) VALUES (?1, ?2, ?3)",
+        params![lease, kind, key.to_string()],
+    )
+    .map(drop)
+    .dbctx("insert lease reference")
+}
+
+/// Deletes a lease with its references.
+pub fn delete_lease(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM lease_refs WHERE lease_id = ?1", [id])
+        .dbctx("delete lease references")?;
+    conn.execute("DELETE FROM leases WHERE id = ?1", [id])
+        .map(drop)
+        .dbctx("delete lease")
+}
+
+/// Every lease.
+pub fn leases(conn: &Connection) -> Result<Vec<LeaseRow>> {
+    let mut st = conn
+        .prepare_cached("SELECT id, pid, pid_start FROM leases ORDER BY id")
+        .dbctx("list leases")?;
+    st.query_map([], |r| {
+        Ok(LeaseRow {
+            id: r.get(0)?,
+            pid: r.get::<_, i64>(1)? as u32,
+            pid_start: r.get::<_, i64>(2)? as u64,
+        })
+    })
+    .dbctx("list leases")?
+    .collect::<rusqlite::Result<_>>()
+    .dbctx("list leases")
+}
