@@ -27,8 +27,7 @@ else
 fi
 install -m 0755 target/release/strata /usr/local/bin/strata
 STRATA=/usr/local/bin/strata
-version=$("$STRATA" version 2>/dev/null) || version="version unknown"
-echo "installed $STRATA (${version%%$'\n'*})"
+echo "installed $STRATA ($("$STRATA" --version))"
 
 step "default image busybox:latest"
 bash scripts/default-image.sh target/default-image.tar

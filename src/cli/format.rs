@@ -316,7 +316,8 @@ mod tests {
         let t = tabulate(&["A\tBB\tC".into(), "longer-value-here\tx\ty".into()]);
         assert_eq!(
             t,
-            "A                    BB         C\nlonger-value-here    x          y\n"
+            // Each column: its widest cell plus 3, at least 10 (docker's tabwriter settings).
+            "A                   BB        C\nlonger-value-here   x         y\n"
         );
     }
 }

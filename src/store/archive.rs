@@ -295,6 +295,30 @@ impl Store {
     /// `input` (a path) or standard input when `None`.
     pub fn load(&self, input: Option<&Path>, progress: &Progress) -> Result<Loaded> {
         let lease = self.lease()?;
+        let res = self.load_leased(input, &lease, progress);
+        drop(lease);
+        if res.is_err() {
+            // Layers and blobs of the image that failed (those stored before the failing one)
+            // were kept only by the lease: remove them, as `rmi` would.
+            let mut trash = Vec::new();
+            let swept = self.index().write("clean up after a failed load", |c| {
+                trash = self.sweep_unreferenced(c)?;
+                Ok(())
+            });
+            if let Err(e) = swept {
+                log::warn!("cleaning up after a failed load: {e} (system prune will retry)");
+            }
+            self.empty_trash(&trash);
+        }
+        res
+    }
+
+    fn load_leased(
+        &self,
+        input: Option<&Path>,
+        lease: &Lease<'_>,
+        progress: &Progress,
+    ) -> Result<Loaded> {
         let mut spooled = Spooled(None);
         let bundle = match input {
             Some(p) if p.is_dir() => Bundle::open_dir(p)?,
@@ -306,13 +330,13 @@ impl Store {
                     Bundle::open_tar(p)?
                 } else {
                     f.rewind().ctx("read archive", p)?;
-                    let s = spool(f, &lease)?;
+                    let s = spool(f, lease)?;
                     spooled.0 = Some(s.clone());
                     Bundle::open_tar(&s)?
                 }
             }
             None => {
-                let s = spool(io::stdin().lock(), &lease)?;
+                let s = spool(io::stdin().lock(), lease)?;
                 spooled.0 = Some(s.clone());
                 Bundle::open_tar(&s)?
             }
@@ -320,11 +344,11 @@ impl Store {
         if bundle.exists("oci-layout")
             || matches!(bundle, Bundle::Dir(..)) && bundle.open("oci-layout").is_ok()
         {
-            self.load_oci(&bundle, &lease, progress)
+            self.load_oci(&bundle, lease, progress)
         } else if bundle.exists("manifest.json")
             || matches!(bundle, Bundle::Dir(..)) && bundle.open("manifest.json").is_ok()
         {
-            self.load_docker(&bundle, &lease, progress)
+            self.load_docker(&bundle, lease, progress)
         } else {
             Err(Error::BadInput(format!(
                 "{}: neither a docker-archive (no manifest.json) nor an OCI layout (no oci-layout)",
@@ -375,7 +399,9 @@ impl Store {
             let id = self.add_image(
                 NewImage {
                     manifest: None,
-                    docker_manifest: true,
+                    // OCI, not Docker schema 2: an OCI layout saved from this image must name
+                    // an OCI manifest, or skopeo and podman do not find it there.
+                    docker_manifest: false,
                     config,
                     layers,
                     tags,
@@ -551,25 +577,30 @@ impl<W: Write> TarOut<W> {
 /// the way out of the store); a mismatch fails the read so the output is never completed.
 struct Verified<R> {
     inner: R,
-    hasher: HashingWriter<io::Sink>,
+    /// `None` once the whole layer was read and checked (later reads must only see the end).
+    hasher: Option<HashingWriter<io::Sink>>,
     want: Digest,
     left: u64,
+    checked: bool,
 }
 
 impl<R: Read> Read for Verified<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.write_all(&buf[..n])?;
         if n as u64 > self.left {
             return Err(io::Error::other(format!(
                 "layer {} is longer than recorded",
                 self.want
             )));
         }
+        let Some(hasher) = self.hasher.as_mut() else {
+            return Ok(0); // checked already; n is 0 here since left is 0
+        };
+        hasher.write_all(&buf[..n])?;
         self.left -= n as u64;
-        if n == 0 || self.left == 0 {
-            let h = std::mem::replace(&mut self.hasher, HashingWriter::new(io::sink()));
-            let (got, _, _) = h.finish();
+        if (n == 0 || self.left == 0) && !self.checked {
+            self.checked = true;
+            let (got, _, _) = self.hasher.take().expect("present").finish();
             if self.left != 0 || got != self.want {
                 return Err(io::Error::other(format!(
                     "layer {} does not decompress to its diff_id (run strata fsck)",
@@ -744,9 +775,10 @@ impl Store {
         Ok((
             Box::new(Verified {
                 inner: dec,
-                hasher: HashingWriter::new(io::sink()),
+                hasher: Some(HashingWriter::new(io::sink())),
                 want: diff_id.clone(),
                 left: layer.size,
+                checked: false,
             }),
             layer.size,
         ))

@@ -161,14 +161,22 @@ impl Store {
                     actual: got.to_string(),
                 });
             }
-            self.index().write("reference blob", |c| {
-                index::lease_ref(c, lease.id(), "blob", want)
+            // Checked again under the write lock: another process's rmi or prune may have
+            // removed it since; then it is stored anew below.
+            let referenced = self.index().write("reference blob", |c| {
+                if index::blob(c, want)?.is_none() || !self.blob_path(want).exists() {
+                    return Ok(false);
+                }
+                index::lease_ref(c, lease.id(), "blob", want)?;
+                Ok(true)
             })?;
-            return Ok(want.clone());
+            if referenced {
+                return Ok(want.clone());
+            }
         }
         let mut ing = Ingest::new(self, lease)?;
         ing.write_all(data)
-            .ctx("write temporary blob", &ing.path.clone())?;
+            .ctx("write temporary blob", ing.path.clone())?;
         Ok(ing
             .commit(expected, Some(data.len() as u64), media_type, what, lease)?
             .0)
@@ -212,5 +220,66 @@ impl Store {
             });
         }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A blob `put_blob` finds before it takes the write lock can be gone once it holds it
+    /// (another process's rmi or prune swept it meanwhile): it must then store the blob anew,
+    /// not reference one that no longer exists.
+    #[test]
+    fn put_blob_of_a_blob_removed_meanwhile_stores_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        const DATA: &[u8] = b"{\"config\":\"removed meanwhile\"}";
+        let d = Digest::of(DATA);
+        let remover = Store::open(&root).unwrap();
+        {
+            let lease = remover.lease().unwrap();
+            remover.put_blob(DATA, None, None, "test", &lease).unwrap();
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (root2, d2) = (root.clone(), d.clone());
+        let adder = std::thread::spawn(move || {
+            let s = Store::open(&root2).unwrap();
+            let lease = s.lease().unwrap();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // Sees the blob, then waits for the write lock that the remover holds.
+            s.put_blob(DATA, Some(&d2), None, "test", &lease).unwrap();
+            assert!(s.has_blob(&d2).unwrap(), "the blob is not in the store");
+            let refs: i64 = s
+                .index()
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM lease_refs WHERE lease_id = ?1 AND key = ?2",
+                    [lease.id(), d2.to_string().as_str()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(refs, 1, "the lease does not hold the blob");
+        });
+        ready_rx.recv().unwrap();
+        let mut trash = Vec::new();
+        remover
+            .index()
+            .write("remove the blob", |c| {
+                go_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                index::delete_blob(c, &d)?;
+                trash.extend(remover.to_trash(&remover.blob_path(&d))?);
+                Ok(())
+            })
+            .unwrap();
+        remover.empty_trash(&trash);
+        adder.join().unwrap();
+        assert!(remover.has_blob(&d).unwrap());
+        assert_eq!(remover.read_blob(&d).unwrap(), DATA);
     }
 }

@@ -332,7 +332,7 @@ impl Store {
 }
 
 fn index_tag(c: &rusqlite::Connection, r: &Reference) -> Result<Option<TagRow>> {
-    Ok(index::tags_of_name(c, &r.repository(), r.tag_or_latest())?)
+    index::tags_of_name(c, &r.repository(), r.tag_or_latest())
 }
 
 fn short_label(l: &str) -> String {

@@ -531,8 +531,15 @@ pub fn insert_manifest(
     Ok(())
 }
 
-/// Points `repository:tag` at an image (moving it if it pointed elsewhere).
+/// Points `repository:tag` at an image (moving it if it pointed elsewhere). The image must
+/// still exist: another process may have removed it since the caller resolved its name.
 pub fn set_tag(conn: &Connection, t: &TagRow) -> Result<()> {
+    if image(conn, &t.image_id)?.is_none() {
+        return Err(Error::NotFound(format!(
+            "No such image: {} (removed meanwhile)",
+            t.image_id
+        )));
+    }
     conn.execute(
         "INSERT INTO tags (repository, tag, image_id, manifest_digest) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(repository, tag) DO UPDATE SET image_id = excluded.image_id,
@@ -681,8 +688,19 @@ pub fn insert_lease(conn: &Connection, l: &LeaseRow, now: i64) -> Result<()> {
     .dbctx("insert lease")
 }
 
-/// Adds a reference to a lease.
+/// Adds a reference to a lease. The blob or layer must still have its row: a caller that found
+/// it outside this transaction may have lost it to another process's `rmi` or `prune` since.
 pub fn lease_ref(conn: &Connection, lease: &str, kind: &str, key: &Digest) -> Result<()> {
+    let exists = match kind {
+        "blob" => blob(conn, key)?.is_some(),
+        "layer" => layer(conn, key)?.is_some(),
+        _ => true,
+    };
+    if !exists {
+        return Err(Error::NotFound(format!(
+            "{kind} {key} was removed from the store meanwhile; try again"
+        )));
+    }
     conn.execute(
         "INSERT OR IGNORE INTO lease_refs (lease_id, kind, key) VALUES (?1, ?2, ?3)",
         params![lease, kind, key.to_string()],
@@ -715,4 +733,47 @@ pub fn leases(conn: &Connection) -> Result<Vec<LeaseRow>> {
     .dbctx("list leases")?
     .collect::<rusqlite::Result<_>>()
     .dbctx("list leases")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tagging an image or leasing a blob or layer that another process removed after the
+    /// caller looked it up fails cleanly (no foreign key error, no reference to nothing).
+    #[test]
+    fn set_tag_and_lease_ref_refuse_rows_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.db")).unwrap();
+        let d = Digest::of(b"gone");
+        let tag = TagRow {
+            repository: "docker.io/library/gone".into(),
+            tag: "latest".into(),
+            image_id: d.clone(),
+            manifest_digest: None,
+        };
+        let e = idx.write("tag", |c| set_tag(c, &tag)).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.starts_with("No such image")),
+            "{e}"
+        );
+        let lease = LeaseRow {
+            id: "l".into(),
+            pid: 1,
+            pid_start: 0,
+        };
+        idx.write("lease", |c| insert_lease(c, &lease, 0)).unwrap();
+        for kind in ["blob", "layer"] {
+            let e = idx
+                .write("ref", |c| lease_ref(c, "l", kind, &d))
+                .unwrap_err();
+            assert!(matches!(e, Error::NotFound(_)), "{kind}: {e}");
+        }
+        idx.write("blob", |c| {
+            insert_blob(c, &d, 4, None, 0)?;
+            lease_ref(c, "l", "blob", &d)
+        })
+        .unwrap();
+        assert_eq!(idx.count("lease_refs").unwrap(), 1);
+    }
 }

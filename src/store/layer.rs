@@ -261,6 +261,16 @@ impl Store {
             .media_type
             .clone()
             .unwrap_or_else(|| compression.oci_media_type().to_string());
+        // The extracted tree is scanned and indexed before the blob is stored: a layer that
+        // fails there (say, a 0000 directory that a non-root process cannot read back) must not
+        // leave its blob behind in the store.
+        let row = match unpacker.take() {
+            Some(u) => {
+                drop(u);
+                Some(self.prepare_layer_dir(&tmp, &diff, &diff_id, size, ns)?)
+            }
+            None => None,
+        };
         let (blob, blob_size) = ingest.commit(
             expect.blob.as_ref(),
             expect.size,
@@ -269,9 +279,8 @@ impl Store {
             lease,
         )?;
 
-        if unpacker.is_some() {
-            drop(unpacker);
-            self.commit_layer_dir(&tmp, &diff, &diff_id, size, ns, label, lease)?;
+        if let Some(row) = row {
+            self.commit_layer_dir(&tmp, &row, label, lease)?;
             guard.0 = None;
         } else {
             self.index().write("reference layer", |c| {
@@ -287,18 +296,15 @@ impl Store {
         })
     }
 
-    /// Syncs and indexes an extracted layer in `tmp` and moves it to `layers/<hex>`.
-    #[allow(clippy::too_many_arguments)]
-    fn commit_layer_dir(
+    /// Syncs an extracted layer in `tmp` and writes its tree index; returns its index row.
+    fn prepare_layer_dir(
         &self,
         tmp: &Path,
         diff: &Path,
         diff_id: &Digest,
         size: u64,
         ns: XattrNs,
-        label: &str,
-        lease: &Lease<'_>,
-    ) -> Result<()> {
+    ) -> Result<LayerRow> {
         let dirfd = fs::File::open(diff).ctx("open layer directory", diff)?;
         nix::unistd::syncfs(dirfd.as_fd()).ctx("sync layer", diff)?;
         let tree = LayerTree::scan(diff)?;
@@ -309,7 +315,7 @@ impl Store {
             .ctx("write layer tree index", &tree_path)?;
         f.sync_all().ctx("fsync layer tree index", &tree_path)?;
         fsync_dir(tmp)?;
-        let row = LayerRow {
+        Ok(LayerRow {
             diff_id: diff_id.clone(),
             size,
             content_size: tree.content_size(),
@@ -317,7 +323,18 @@ impl Store {
             tree_digest: Digest::of(&bytes),
             xattr_ns: ns.as_str().to_string(),
             created: now(),
-        };
+        })
+    }
+
+    /// Indexes a prepared layer in `tmp` and moves it to `layers/<hex>`.
+    fn commit_layer_dir(
+        &self,
+        tmp: &Path,
+        row: &LayerRow,
+        label: &str,
+        lease: &Lease<'_>,
+    ) -> Result<()> {
+        let diff_id = &row.diff_id;
         let dest = self.layer_path(diff_id);
         let mut trash = Vec::new();
         self.index().write(&format!("store layer {label}"), |c| {
@@ -337,7 +354,7 @@ impl Store {
                 }
                 fs::rename(tmp, &dest).ctx("move layer into place", &dest)?;
                 fsync_dir(dest.parent().expect("layer path has a parent"))?;
-                index::insert_layer(c, &row)?;
+                index::insert_layer(c, row)?;
             }
             index::lease_ref(c, lease.id(), "layer", diff_id)
         })?;
@@ -390,10 +407,7 @@ fn extract(
         })?;
         Ok((diff_id, size))
     })();
-    let (diff_id, size) = match result {
-        Ok(v) => v,
-        Err(e) => return Err(e),
-    };
+    let (diff_id, size) = result?;
     // Anything after the end of the compressed stream still belongs to the blob: drain it so
     // the copying thread finishes (it hashes everything it reads).
     io::copy(&mut input, &mut io::sink())

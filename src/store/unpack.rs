@@ -104,8 +104,34 @@ pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
+/// Archive bytes (a name, a link target) for a message: at most [`MAX_PATH`] of them, since a
+/// GNU long name or a PAX path may be gigabytes long and an error must not echo all of it.
 fn show(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    if b.len() <= MAX_PATH {
+        return String::from_utf8_lossy(b).into_owned();
+    }
+    format!(
+        "{}… ({} bytes in all)",
+        String::from_utf8_lossy(&b[..MAX_PATH]),
+        b.len()
+    )
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`…): text from an archive must neither
+/// break an error message over several lines nor send escape sequences to a terminal.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl Unpacker {
@@ -134,7 +160,9 @@ impl Unpacker {
         Error::BadEntry {
             layer: self.label.clone(),
             entry: self.entry.clone(),
-            reason: reason.into(),
+            // The entry is shown quoted ({:?}), but reasons quote hostile bytes too (link
+            // targets, the tar crate's errors, which echo raw header fields): escape them.
+            reason: printable(&reason.into()),
         }
     }
 
@@ -145,6 +173,8 @@ impl Unpacker {
             .entries()
             .map_err(|e| self.bad(format!("not a tar archive: {e}")))?;
         let mut any = false;
+        // Named in an error before the first header is read (input that is not tar at all).
+        self.entry = String::from("(start of archive)");
         for entry in entries {
             let mut entry = entry.map_err(|e| {
                 let after = if any {
@@ -368,7 +398,15 @@ impl Unpacker {
                 let mut buf = std::mem::take(&mut self.buf);
                 let copied = copy_data(entry, &mut f, &mut buf);
                 self.buf = buf;
-                copied?;
+                let copied = copied?;
+                // A stream that ends inside this file's data is named here, rather than later
+                // as a failure to find the next header. (Sparse entries expand their holes.)
+                if kind != tar::EntryType::GNUSparse && copied != entry.size() {
+                    return Err(format!(
+                        "archive truncated in this file's data ({copied} of {} bytes)",
+                        entry.size()
+                    ));
+                }
                 self.own_and_xattrs_fd(f.as_fd(), &meta)?;
                 fchmod(f.as_fd(), Mode::from_bits_truncate(meta.mode))
                     .map_err(|e| format!("chmod: {e}"))?;
@@ -432,15 +470,18 @@ impl Unpacker {
                     tar::EntryType::Block => (SFlag::S_IFBLK, "block device"),
                     _ => (SFlag::S_IFIFO, "fifo"),
                 };
-                let h = entry.header();
-                let major = h
-                    .device_major()
-                    .map_err(|e| format!("bad device field: {e}"))?
-                    .unwrap_or(0);
-                let minor = h
-                    .device_minor()
-                    .map_err(|e| format!("bad device field: {e}"))?
-                    .unwrap_or(0);
+                // Device numbers only mean something for devices: writers leave them empty
+                // (NUL) for fifos, which GNU tar accepts too.
+                let (major, minor) = if sflag == SFlag::S_IFIFO {
+                    (0, 0)
+                } else {
+                    let h = entry.header();
+                    let field = |r: std::io::Result<Option<u32>>| {
+                        r.map(|v| v.unwrap_or(0))
+                            .map_err(|e| format!("bad device field: {e}"))
+                    };
+                    (field(h.device_major())?, field(h.device_minor())?)
+                };
                 let rdev = if sflag == SFlag::S_IFIFO {
                     0
                 } else {
@@ -568,7 +609,7 @@ impl Unpacker {
     fn finish(&mut self) -> std::result::Result<(), String> {
         self.cache = None;
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
         for d in &dirs {
             let fd = self
                 .open_dir(&d.path, false)?
@@ -584,20 +625,23 @@ impl Unpacker {
     }
 }
 
+/// Copies `src` to `dst`; returns the number of bytes copied.
 fn copy_data<R: Read>(
     src: &mut R,
     dst: &mut File,
     buf: &mut [u8],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<u64, String> {
+    let mut total = 0u64;
     loop {
         let n = match src.read(buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("read file data: {e}")),
         };
         dst.write_all(&buf[..n])
             .map_err(|e| format!("write file data: {e}"))?;
+        total += n as u64;
     }
 }
 

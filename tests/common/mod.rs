@@ -19,7 +19,10 @@ pub struct TempStore {
 impl TempStore {
     pub fn new() -> TempStore {
         TempStore {
-            dir: tempfile::Builder::new().prefix("strata-test-").tempdir().expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("strata-test-")
+                .tempdir()
+                .expect("tempdir"),
         }
     }
 
@@ -114,7 +117,8 @@ pub fn busybox_images() -> &'static Path {
 /// The digests the fixture script recorded (`digests.json`).
 pub fn fixture_digests() -> serde_json::Value {
     let p = busybox_images().join("digests.json");
-    serde_json::from_slice(&std::fs::read(&p).expect("read digests.json")).expect("parse digests.json")
+    serde_json::from_slice(&std::fs::read(&p).expect("read digests.json"))
+        .expect("parse digests.json")
 }
 
 /// Whether the tests run as root (most store tests need it for owners and device nodes).
