@@ -4,7 +4,16 @@
 use clap::Parser;
 
 fn main() {
-    let cli = match strata::cli::Cli::try_parse() {
+    // Installed as `strata-overlay`, the binary is the mount program of `mount -t
+    // fuse.strata-overlay` (mount.fuse runs `strata-overlay SOURCE MOUNTPOINT -o OPTIONS`).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = std::path::Path::new(args.first().map(|a| a.as_os_str()).unwrap_or_default())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if invoked_as.as_deref() == Some("strata-overlay") {
+        args.insert(1, "overlay".into());
+    }
+    let cli = match strata::cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 125 } else { 0 };

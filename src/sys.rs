@@ -164,7 +164,177 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// A `CStr` view for diagnostics.
-pub fn lossy(c: &CStr) -> String {
-    c.to_string_lossy().into_owned()
+/// What an xattr call applies to.
+#[derive(Clone, Copy)]
+pub enum XTarget<'a> {
+    /// An open file or directory (not an `O_PATH` descriptor).
+    Fd(std::os::fd::BorrowedFd<'a>),
+    /// `name` inside directory `dir`, not following a symlink.
+    At(std::os::fd::BorrowedFd<'a>, &'a OsStr),
+    /// A path that is followed (for `/proc/self/fd/N` of an `O_PATH` descriptor).
+    Follow(&'a CStr),
+}
+
+/// Reads an xattr of a target; `Ok(None)` when it does not exist.
+pub fn xget(t: XTarget<'_>, key: &OsStr) -> nix::Result<Option<Vec<u8>>> {
+    match t {
+        XTarget::Fd(fd) => fgetxattr(fd, key),
+        XTarget::At(dir, name) => lgetxattr_at(dir, name, key),
+        XTarget::Follow(p) => {
+            let k = cstring(key.as_bytes())?;
+            // SAFETY: both strings are NUL-terminated; the buffer is valid for the given length.
+            match grow_read(|buf, len| unsafe { libc::getxattr(p.as_ptr(), k.as_ptr(), buf, len) })
+            {
+                Ok(v) => Ok(Some(v)),
+                Err(Errno::ENODATA) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Lists the xattr names of a target.
+pub fn xlist(t: XTarget<'_>) -> nix::Result<Vec<OsString>> {
+    match t {
+        XTarget::Fd(fd) => flistxattr(fd),
+        XTarget::At(dir, name) => llistxattr_at(dir, name),
+        XTarget::Follow(p) => {
+            // SAFETY: p is NUL-terminated; the buffer is valid for the given length.
+            let list =
+                grow_read(|buf, len| unsafe { libc::listxattr(p.as_ptr(), buf.cast(), len) })?;
+            Ok(split_names(list))
+        }
+    }
+}
+
+/// Sets an xattr of a target (`flags`: `XATTR_CREATE`, `XATTR_REPLACE` or 0).
+pub fn xset(t: XTarget<'_>, key: &OsStr, value: &[u8], flags: i32) -> nix::Result<()> {
+    let k = cstring(key.as_bytes())?;
+    let (ptr, len) = (value.as_ptr().cast(), value.len());
+    // SAFETY: all strings are NUL-terminated and the value is valid for its length.
+    let r = match t {
+        XTarget::Fd(fd) => unsafe { libc::fsetxattr(fd.as_raw_fd(), k.as_ptr(), ptr, len, flags) },
+        XTarget::At(dir, name) => {
+            let p = fd_path(dir, name)?;
+            unsafe { libc::lsetxattr(p.as_ptr(), k.as_ptr(), ptr, len, flags) }
+        }
+        XTarget::Follow(p) => unsafe { libc::setxattr(p.as_ptr(), k.as_ptr(), ptr, len, flags) },
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Removes an xattr of a target.
+pub fn xremove(t: XTarget<'_>, key: &OsStr) -> nix::Result<()> {
+    let k = cstring(key.as_bytes())?;
+    // SAFETY: all strings are NUL-terminated.
+    let r = match t {
+        XTarget::Fd(fd) => unsafe { libc::fremovexattr(fd.as_raw_fd(), k.as_ptr()) },
+        XTarget::At(dir, name) => {
+            let p = fd_path(dir, name)?;
+            unsafe { libc::lremovexattr(p.as_ptr(), k.as_ptr()) }
+        }
+        XTarget::Follow(p) => unsafe { libc::removexattr(p.as_ptr(), k.as_ptr()) },
+    };
+    Errno::result(r).map(drop)
+}
+
+/// An all-zero `struct stat` (plain integers: all-zero is a valid value).
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is a plain C struct of integers; all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Raises the soft limit of open files to the hard limit (a union keeps a descriptor per
+/// directory and layer it has looked up).
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The write end of the pipe a daemonized child reports readiness on.
+pub struct Ready(Option<std::os::fd::OwnedFd>);
+
+impl Ready {
+    /// Tells the waiting parent that all went well; it exits 0.
+    pub fn ok(mut self) {
+        if let Some(fd) = self.0.take() {
+            let _ = nix::unistd::write(&fd, &[0u8]);
+        }
+    }
+    /// Tells the waiting parent what failed; it prints it and exits 1.
+    pub fn fail(mut self, msg: &str) {
+        if let Some(fd) = self.0.take() {
+            let mut b = vec![1u8];
+            b.extend_from_slice(msg.as_bytes());
+            let _ = nix::unistd::write(&fd, &b);
+        }
+    }
+}
+
+/// Forks into the background: the parent waits until the child calls [`Ready::ok`] (exit 0)
+/// or [`Ready::fail`] (message on stderr, exit 1), or dies (exit 1); only the child returns,
+/// in a new session. Call it before any thread is started.
+pub fn daemonize() -> nix::Result<Ready> {
+    let (r, w) = nix::unistd::pipe()?;
+    // SAFETY: called while the process has a single thread (the CLI calls it before mounting
+    // or spawning anything), so the child may run arbitrary code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match nix::unistd::read(&r, &mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            match buf.first() {
+                Some(0) => std::process::exit(0),
+                Some(_) => {
+                    eprintln!("Error: {}", String::from_utf8_lossy(&buf[1..]));
+                    std::process::exit(1)
+                }
+                None => {
+                    eprintln!("Error: the background server exited before the mount was ready");
+                    std::process::exit(1)
+                }
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            Ok(Ready(Some(w)))
+        }
+    }
+}
+
+/// Points standard input, output and error at `/dev/null` (a daemon keeps no terminal).
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), target);
+            }
+        }
+    }
+}
+
+/// Unmounts `path`; lazily (`MNT_DETACH`) when it is busy or its server is gone.
+pub fn unmount(path: &std::path::Path) -> nix::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::EBUSY) | Err(Errno::ENOTCONN) => umount2(path, MntFlags::MNT_DETACH),
+        Err(e) => Err(e),
+    }
 }

@@ -3,6 +3,7 @@
 //! here; every command is a call into the library.
 
 pub mod format;
+pub mod mount;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use format::{Row, ago, ellipsis, go_time, human_size, print_rows};
 
 /// strata: a userspace union filesystem and container image store.
 #[derive(Parser, Debug)]
-#[command(name = "strata", version, about, long_about = None)]
+#[command(name = "strata", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// The store directory [default: /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise]
     #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
@@ -85,6 +86,21 @@ pub enum Command {
     System(SystemCommand),
     /// Check the store: re-hash every blob, compare every layer with its index
     Fsck,
+    /// Mount lower directories and an upper directory as one union (as mount -t overlay)
+    Overlay(mount::OverlayArgs),
+    /// Mount an image read-only and print the mount point; with no argument, list strata mounts
+    Mount {
+        /// An image
+        target: Option<String>,
+        /// Where to mount it [default: ROOT/mounts/<image id>]
+        dir: Option<PathBuf>,
+    },
+    /// Unmount strata mounts (by mount point or image)
+    #[command(alias = "unmount")]
+    Umount {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,7 +225,7 @@ impl From<format::TemplateError> for Failure {
     }
 }
 
-fn fail(msg: impl Into<String>) -> Failure {
+pub(crate) fn fail(msg: impl Into<String>) -> Failure {
     Failure {
         message: msg.into(),
         code: 1,
@@ -233,6 +249,14 @@ fn short_id(d: &Digest, no_trunc: bool) -> String {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Version { format } => return version(format.as_deref()),
+        Command::Overlay(a) => return mount::overlay(a),
+        Command::Mount { target, dir } => {
+            return mount::mount(&open_store(&cli)?, target.as_deref(), dir.as_deref());
+        }
+        Command::Umount { targets } => {
+            let store = open_store(&cli).ok();
+            return mount::umount(store.as_ref(), targets);
+        }
         Command::Import(a) => {
             let s = open_store(&cli)?;
             let opts = ImportOptions {
@@ -827,7 +851,7 @@ fn df(s: &Store, verbose: bool, format: Option<&str>) -> Result<(), Failure> {
     let blob_bytes: u64 = blobs.iter().map(|b| b.size).sum();
     let reclaim_imgs: u64 = dangling.iter().map(|i| i.size).sum();
     let containers = idx.count("containers")?;
-    let pct = |part: u64, whole: u64| if whole == 0 { 0 } else { part * 100 / whole };
+    let pct = |part: u64, whole: u64| (part * 100).checked_div(whole).unwrap_or(0);
     let img_size: u64 = layer_bytes + blob_bytes;
     let rows: Vec<Row> = vec![
         vec![

@@ -1,0 +1,862 @@
+//! `fuser::Filesystem` for a [`Union`]: decodes each request, calls the union, encodes the
+//! reply. No union logic lives here; what is here is FUSE's own business: file handles,
+//! directory snapshots per open handle, TTLs, negative entries, readdirplus, and passthrough
+//! (the kernel reads and writes the backing file itself when the daemon may ask it to).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use nix::errno::Errno;
+use nix::sys::time::TimeSpec;
+
+use crate::cow::{Attr, Caller, DirEntry, Ino, SetAttr, Union};
+
+/// How long the kernel may trust entries and attributes. Every change goes through this
+/// daemon, and the kernel invalidates what a change it sees affects, so these can be long;
+/// objects that live only in read-only layers never change at all.
+const TTL_UPPER: Duration = Duration::from_secs(1);
+const TTL_LOWER: Duration = Duration::from_secs(3600);
+/// How long a miss is cached.
+const TTL_NEGATIVE: Duration = Duration::from_secs(1);
+
+struct Handle {
+    fd: Arc<OwnedFd>,
+    /// Keeps the kernel's backing file while this handle is open (passthrough).
+    _backing: Option<Arc<BackingId>>,
+}
+
+/// The FUSE side of a mount.
+pub struct FuseFs {
+    union: Arc<Union>,
+    files: RwLock<HashMap<u64, Handle>>,
+    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Passthrough wanted (the caller checked CAP_SYS_ADMIN) and granted by the kernel.
+    passthrough: AtomicBool,
+    want_passthrough: bool,
+    /// One backing file per inode at a time (a kernel rule): shared by its open handles.
+    backing: Mutex<HashMap<Ino, Weak<BackingId>>>,
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from(std::io::Error::from(e))
+}
+
+fn ts(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::new(0, nsec as u32)
+    }
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let st = &a.st;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: ts(st.st_atime, st.st_atime_nsec),
+        mtime: ts(st.st_mtime, st.st_mtime_nsec),
+        ctime: ts(st.st_ctime, st.st_ctime_nsec),
+        crtime: ts(st.st_ctime, st.st_ctime_nsec),
+        kind: kind_of(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<Option<TimeSpec>> {
+    t.map(|t| match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(st) => {
+            let (s, n) = match st.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => (-(e.duration().as_secs() as i64), 0),
+            };
+            Some(TimeSpec::new(s, n))
+        }
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl FuseFs {
+    /// An adapter for `union`; `passthrough` asks for FUSE passthrough (needs CAP_SYS_ADMIN).
+    pub fn new(union: Arc<Union>, passthrough: bool) -> FuseFs {
+        FuseFs {
+            union,
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+            want_passthrough: passthrough,
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ttl(&self, ino: Ino) -> Duration {
+        if self.union.is_lower(ino) {
+            TTL_LOWER
+        } else {
+            TTL_UPPER
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => {
+                let ttl = self.ttl(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0));
+            }
+            Err(Errno::ENOENT) => {
+                // A negative entry: the kernel caches the miss.
+                let a = file_attr(&Attr {
+                    ino: 0,
+                    st: crate::sys::zeroed_stat(),
+                });
+                reply.entry(&TTL_NEGATIVE, &a, Generation(0));
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fd_of(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
+        self.files.read().ok()?.get(&fh.0).map(|h| h.fd.clone())
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A shared backing id for `ino`'s file, or a new one from `make`.
+    fn backing_for(
+        &self,
+        ino: Ino,
+        make: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(&ino).and_then(Weak::upgrade) {
+            return Some(b);
+        }
+        match make() {
+            Ok(b) => {
+                let b = Arc::new(b);
+                map.insert(ino, Arc::downgrade(&b));
+                Some(b)
+            }
+            Err(e) => {
+                log::debug!("passthrough refused for inode {ino}: {e}; userspace I/O");
+                None
+            }
+        }
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_POSIX_ACL;
+        for flag in wanted.iter() {
+            let _ = config.add_capabilities(flag);
+        }
+        if self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        log::info!(
+            "file data: {}",
+            if self.passthrough.load(Ordering::Relaxed) {
+                "FUSE passthrough"
+            } else {
+                "userspace I/O"
+            }
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.union.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = match fh.and_then(|fh| self.fd_of(fh)) {
+            Some(fd) => self.union.getattr_fd(ino.0, fd.as_fd()),
+            None => self.union.getattr(ino.0),
+        };
+        match r {
+            Ok(a) => reply.attr(&self.ttl(ino.0), &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_of(atime),
+            mtime: time_of(mtime),
+        };
+        let fd = fh.and_then(|fh| self.fd_of(fh));
+        match self
+            .union
+            .setattr(ino.0, &s, fd.as_ref().map(|f| f.as_fd()))
+        {
+            Ok(a) => reply.attr(&self.ttl(ino.0), &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.mknod(
+            parent.0,
+            name.as_bytes(),
+            mode,
+            umask,
+            rdev as u64,
+            caller(req),
+        );
+        self.entry_or_error(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .mkdir(parent.0, name.as_bytes(), mode, umask, caller(req));
+        self.entry_or_error(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.unlink(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.rmdir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            caller(req),
+        );
+        self.entry_or_error(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.link(ino.0, newparent.0, newname.as_bytes());
+        self.entry_or_error(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fd = match self.union.open(ino.0, flags.0) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return reply.error(errno(e)),
+        };
+        let lower = self.union.is_lower(ino.0);
+        let cache = if lower {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.new_fh();
+        let backing = self.backing_for(ino.0, || reply.open_backing(fd.as_fd()));
+        let passthrough = backing.is_some();
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle {
+                    fd,
+                    _backing: backing.clone(),
+                },
+            );
+        match backing {
+            // FOPEN_KEEP_CACHE with passthrough makes every read fail with EIO (seen on 6.18).
+            Some(b) if passthrough => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            _ => reply.opened(FileHandle(fh), cache),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (a, fd) =
+            match self
+                .union
+                .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
+            {
+                Ok(v) => v,
+                Err(e) => return reply.error(errno(e)),
+            };
+        let fd = Arc::new(fd);
+        let fh = self.new_fh();
+        let backing = self.backing_for(a.ino, || reply.open_backing(fd.as_fd()));
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle {
+                    fd,
+                    _backing: backing.clone(),
+                },
+            );
+        let ttl = self.ttl(a.ino);
+        match backing {
+            Some(b) => reply.created_passthrough(
+                &ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b,
+            ),
+            None => reply.created(
+                &ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match nix::sys::uio::pread(fd.as_fd(), &mut buf[got..], offset as i64 + got as i64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match nix::sys::uio::pwrite(fd.as_fd(), &data[done..], offset as i64 + done as i64) {
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.written(done as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let r = if datasync {
+            nix::unistd::fdatasync(fd.as_fd())
+        } else {
+            nix::unistd::fsync(fd.as_fd())
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.readdir(ino.0) {
+            Ok(entries) => {
+                let fh = self.new_fh();
+                self.dirs
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.dirs.read().ok().and_then(|d| d.get(&fh.0).cloned()) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        // Offsets: 1 is ".", 2 is "..", 3.. the entries of the snapshot.
+        let mut i = offset;
+        while i < entries.len() as u64 + 2 {
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(
+                    INodeNo(self.union.parent_of(ino.0)),
+                    2,
+                    FileType::Directory,
+                    "..",
+                ),
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    reply.add(
+                        INodeNo(e.ino),
+                        n + 1,
+                        kind_of(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    )
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dirs.read().ok().and_then(|d| d.get(&fh.0).cloned()) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let mut i = offset;
+        while i < entries.len() as u64 + 2 {
+            let (a, name): (Attr, &[u8]) = match i {
+                0 => match self.union.getattr(ino.0) {
+                    Ok(a) => (a, b"."),
+                    Err(e) => return reply.error(errno(e)),
+                },
+                1 => match self.union.getattr(self.union.parent_of(ino.0)) {
+                    Ok(a) => (a, b".."),
+                    Err(e) => return reply.error(errno(e)),
+                },
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    match self.union.lookup(ino.0, &e.name) {
+                        Ok(a) => (a, &e.name[..]),
+                        Err(_) => {
+                            i += 1; // removed since the snapshot
+                            continue;
+                        }
+                    }
+                }
+            };
+            let ttl = self.ttl(a.ino);
+            let full = reply.add(
+                INodeNo(a.ino),
+                i + 1,
+                OsStr::from_bytes(name),
+                &ttl,
+                &file_attr(&a),
+                Generation(0),
+            );
+            if full {
+                if i >= 2 {
+                    self.union.forget(a.ino, 1); // not sent: not counted by the kernel
+                }
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.setxattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.union.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(errno(Errno::ERANGE)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.union.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(errno(Errno::ERANGE))
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let r = nix::fcntl::fallocate(
+            fd.as_fd(),
+            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+            offset as i64,
+            length as i64,
+        );
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let w = match whence {
+            libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+            libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+            libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+            libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+            _ => nix::unistd::Whence::SeekSet,
+        };
+        match nix::unistd::lseek(fd.as_fd(), offset, w) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (Some(i), Some(o)) = (self.fd_of(fh_in), self.fd_of(fh_out)) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let mut oi = offset_in as i64;
+        let mut oo = offset_out as i64;
+        match nix::fcntl::copy_file_range(
+            i.as_fd(),
+            Some(&mut oi),
+            o.as_fd(),
+            Some(&mut oo),
+            len as usize,
+        ) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl FuseFs {
+    fn entry_or_error(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => {
+                let ttl = self.ttl(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0));
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
+//! (`adapter`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
+//! passthrough when the process holds CAP_SYS_ADMIN).
+
+pub mod adapter;
+pub mod options;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::cow::{Union, UnionSpec};
+pub use adapter::FuseFs;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The name shown as the mount's source (`mount` and /proc/mounts).
+    pub fsname: String,
+    /// Request threads.
+    pub threads: usize,
+    /// Use FUSE passthrough for file data when allowed.
+    pub passthrough: bool,
+    /// Allow device nodes and setuid files (a container root needs both).
+    pub dev_suid: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            fsname: "strata".into(),
+            threads: 2,
+            passthrough: crate::sys::has_capability(crate::sys::CAP_SYS_ADMIN)
+                && std::env::var_os("STRATA_NO_PASSTHROUGH").is_none(),
+            dev_suid: crate::sys::euid() == 0,
+        }
+    }
+}
+
+/// Mounts `spec` at `mountpoint`; the returned session serves it when run.
+pub fn mount(
+    spec: &UnionSpec,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<Session<FuseFs>> {
+    let union = Arc::new(Union::new(spec)?);
+    let writable = union.writable();
+    let fs = FuseFs::new(union, opts.passthrough);
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        if writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
+    ];
+    if opts.dev_suid {
+        cfg.mount_options.push(MountOption::Dev);
+        cfg.mount_options.push(MountOption::Suid);
+    }
+    cfg.acl = SessionACL::All;
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = opts.threads > 1;
+    crate::sys::raise_nofile_limit();
+    Session::new(fs, mountpoint, &cfg)
+}
