@@ -26,6 +26,8 @@ else
   cargo build --release
 fi
 install -m 0755 target/release/strata /usr/local/bin/strata
+# As strata-overlay, the binary is the mount program of `mount -t fuse.strata-overlay`.
+ln -sf strata /usr/local/bin/strata-overlay
 STRATA=/usr/local/bin/strata
 echo "installed $STRATA ($("$STRATA" --version))"
 
@@ -33,7 +35,9 @@ step "default image busybox:latest"
 bash scripts/default-image.sh target/default-image.tar
 existing=$("$STRATA" images -q busybox:latest)
 if [ -z "$existing" ]; then
-  "$STRATA" import target/default-image.tar busybox:latest
+  "$STRATA" import -c 'CMD ["/bin/sh"]' \
+    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -m 'default image: busybox-static from Debian' target/default-image.tar busybox:latest
 else
   echo "busybox:latest is already in the store"
 fi
@@ -43,6 +47,13 @@ fi
 # (A later issue replaces this with `strata run --rm busybox ...`.)
 main_job() {
   "$STRATA" images
+  # The image's layers as one read-only union mount (strata's own FUSE server).
+  local mnt
+  mnt=$("$STRATA" mount busybox:latest)
+  echo "busybox:latest is mounted at $mnt:"
+  ls "$mnt"
+  grep " $mnt " /proc/self/mounts
+  "$STRATA" umount busybox:latest
 }
 
 step "main job"

@@ -34,6 +34,7 @@ pub fn serve(
     mountpoint: &Path,
     opts: &MountOptions,
     foreground: bool,
+    on_ready: impl FnOnce(),
 ) -> Result<(), Failure> {
     let ready = if foreground {
         None
@@ -63,7 +64,10 @@ pub fn serve(
             "userspace I/O"
         }
     );
+    on_ready();
     if let Some(r) = ready {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         r.ok();
         crate::sys::detach_stdio();
     }
@@ -85,7 +89,7 @@ pub fn overlay(a: &OverlayArgs) -> Result<(), Failure> {
         threads: a.threads,
         ..MountOptions::default()
     };
-    serve(&o.spec, &mountpoint, &opts, a.foreground)
+    serve(&o.spec, &mountpoint, &opts, a.foreground, || {})
 }
 
 /// The strata mounts of this machine: (source, mount point).
@@ -97,7 +101,9 @@ pub fn strata_mounts() -> Vec<(String, PathBuf)> {
         .filter_map(|l| {
             let mut f = l.split(' ');
             let (src, dir, kind) = (f.next()?, f.next()?, f.next()?);
-            (kind == "fuse.strata").then(|| (unescape(src), PathBuf::from(unescape(dir))))
+            // fuser mounts as plain "fuse" when root: strata's mounts are known by their source.
+            (kind.starts_with("fuse") && src.starts_with("strata"))
+                .then(|| (unescape(src), PathBuf::from(unescape(dir))))
         })
         .collect()
 }
@@ -144,6 +150,7 @@ pub fn mount(s: &Store, target: Option<&str>, dir: Option<&Path>) -> Result<(), 
         None => s.root().join("mounts").join(r.id.hex()),
     };
     let fsname = format!("strata:{}", r.id.hex());
+    crate::fuse::clear_stale(&mountpoint);
     if strata_mounts()
         .iter()
         .any(|(src, d)| *src == fsname && *d == mountpoint)
@@ -153,14 +160,13 @@ pub fn mount(s: &Store, target: Option<&str>, dir: Option<&Path>) -> Result<(), 
     }
     std::fs::create_dir_all(&mountpoint)
         .map_err(|e| fail(format!("{}: {e}", mountpoint.display())))?;
-    println!("{}", mountpoint.display());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     let opts = MountOptions {
         fsname,
         ..MountOptions::default()
     };
-    serve(&spec, &mountpoint, &opts, false)
+    serve(&spec, &mountpoint, &opts, false, || {
+        println!("{}", mountpoint.display())
+    })
 }
 
 /// `strata umount DIR|IMAGE...`.

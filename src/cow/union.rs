@@ -127,6 +127,12 @@ pub struct Union {
     volatile: bool,
     nodes: RwLock<HashMap<Ino, Node>>,
     origins: Mutex<HashMap<(u64, u64), Ino>>,
+    /// Inode numbers of lower hard links in a writable union, per name: (parent, name,
+    /// device, inode). As in kernel overlayfs without `index`, a copy-up breaks a lower hard
+    /// link, so each name must be its own node: sharing one made an operation on one name
+    /// reach (copy up, chmod, …) whichever name was looked up last (regression test:
+    /// union_oracle.rs lower_hard_links_break_on_copy_up_as_in_kernel).
+    lower_links: Mutex<HashMap<(Ino, Vec<u8>, u64, u64), Ino>>,
     next_ino: AtomicU64,
     /// Serializes changes of the namespace and copy-ups (never held over data I/O).
     write: Mutex<()>,
@@ -202,6 +208,7 @@ impl Union {
             volatile: spec.volatile,
             nodes: RwLock::new(HashMap::new()),
             origins: Mutex::new(HashMap::new()),
+            lower_links: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             write: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
@@ -327,7 +334,10 @@ impl Union {
                     if Self::layer_is_lower(*loc) {
                         let mut wh = format::OCI_WHITEOUT_PREFIX.as_bytes().to_vec();
                         wh.extend_from_slice(name);
-                        if stat_at(dfd.as_fd(), &wh)?.is_some() {
+                        // No `.wh.NAME` can exist for a name of 252..=255 bytes (it would pass
+                        // NAME_MAX); asking for it would fail the lookup with ENAMETOOLONG
+                        // (regression test: cow.rs names_of_252_to_255_bytes_work_over_lowers).
+                        if wh.len() <= 255 && stat_at(dfd.as_fd(), &wh)?.is_some() {
                             break; // an OCI whiteout hides the name below
                         }
                     }
@@ -373,9 +383,14 @@ impl Union {
     /// Records a probed object as a node (adding `lookups` to its count); returns its attrs.
     fn intern(&self, parent: Ino, name: &[u8], p: Probe, lookups: u64) -> Attr {
         let key = (p.st.st_dev, p.st.st_ino);
-        let ino = *lock(&self.origins)
-            .entry(key)
-            .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed));
+        let new_ino = || self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let ino = if self.is_lower_link(p.top, &p.st) {
+            *lock(&self.lower_links)
+                .entry((parent, name.to_vec(), key.0, key.1))
+                .or_insert_with(new_ino)
+        } else {
+            *lock(&self.origins).entry(key).or_insert_with(new_ino)
+        };
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         let n = nodes.entry(ino).or_insert_with(|| Node {
             parent,
@@ -398,6 +413,11 @@ impl Union {
         n.unlinked = false;
         n.nlookup += lookups;
         Attr { ino, st: p.st }
+    }
+
+    /// Whether an object is a lower hard link of a writable union (one node per name).
+    fn is_lower_link(&self, top: Loc, st: &FileStat) -> bool {
+        self.upper.is_some() && top != Loc::Upper && !is_dir(st.st_mode) && st.st_nlink > 1
     }
 
     /// Looks up `name` in directory `parent` (counting one lookup, as FUSE does).
@@ -903,9 +923,15 @@ impl Union {
 
     // ---- removing
 
-    fn mark_removed(&self, victim: &Probe) {
+    fn mark_removed(&self, parent: Ino, name: &[u8], victim: &Probe) {
         let key = (victim.st.st_dev, victim.st.st_ino);
-        let ino = lock(&self.origins).get(&key).copied();
+        let ino = if self.is_lower_link(victim.top, &victim.st) {
+            lock(&self.lower_links)
+                .get(&(parent, name.to_vec(), key.0, key.1))
+                .copied()
+        } else {
+            lock(&self.origins).get(&key).copied()
+        };
         if let Some(ino) = ino {
             let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = nodes.get_mut(&ino)
@@ -1008,7 +1034,7 @@ impl Union {
         } else {
             format::write_whiteout(pfd.as_fd(), os(name))?;
         }
-        self.mark_removed(&victim);
+        self.mark_removed(parent, name, &victim);
         Ok(())
     }
 
@@ -1352,9 +1378,16 @@ impl Union {
         let dirs = self.dirs_of(ino)?;
         let mut out = Vec::new();
         for (name, kind, dev, dino) in merge_dir(&dirs)? {
-            let ino = *lock(&self.origins)
-                .entry((dev, dino))
-                .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed));
+            // A lower hard link looked up before has a number of its own (`lower_links`).
+            let linked = lock(&self.lower_links)
+                .get(&(ino, name.clone(), dev, dino))
+                .copied();
+            let ino = match linked {
+                Some(i) => i,
+                None => *lock(&self.origins)
+                    .entry((dev, dino))
+                    .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed)),
+            };
             out.push(DirEntry { name, ino, kind });
         }
         Ok(out)

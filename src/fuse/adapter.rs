@@ -45,8 +45,9 @@ pub struct FuseFs {
     /// Passthrough wanted (the caller checked CAP_SYS_ADMIN) and granted by the kernel.
     passthrough: AtomicBool,
     want_passthrough: bool,
-    /// One backing file per inode at a time (a kernel rule): shared by its open handles.
-    backing: Mutex<HashMap<Ino, Weak<BackingId>>>,
+    /// One backing file per inode at a time (a kernel rule): shared by its open handles, and
+    /// known by the (device, inode) of the real file it stands for.
+    backing: Mutex<HashMap<Ino, (Weak<BackingId>, (u64, u64))>>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -163,22 +164,38 @@ impl FuseFs {
     }
 
     /// A shared backing id for `ino`'s file, or a new one from `make`.
+    ///
+    /// A file opened from a lower layer and then copied up while still open is the one case
+    /// the kernel cannot serve: the inode is bound to the lower file until those opens close,
+    /// so the new open gets no backing (and the kernel answers it with EIO) rather than the
+    /// old one, which would send writes to the read-only layer.
     fn backing_for(
         &self,
         ino: Ino,
+        fd: &OwnedFd,
         make: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
+        let st = nix::sys::stat::fstat(fd.as_fd()).ok()?;
+        let real = (st.st_dev, st.st_ino);
         let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&ino).and_then(Weak::upgrade) {
-            return Some(b);
+        if let Some((weak, was)) = map.get(&ino)
+            && let Some(b) = weak.upgrade()
+        {
+            if *was == real {
+                return Some(b);
+            }
+            log::warn!(
+                "inode {ino}: copied up while open from a lower layer; this open gets no passthrough"
+            );
+            return None;
         }
         match make() {
             Ok(b) => {
                 let b = Arc::new(b);
-                map.insert(ino, Arc::downgrade(&b));
+                map.insert(ino, (Arc::downgrade(&b), real));
                 Some(b)
             }
             Err(e) => {
@@ -392,7 +409,7 @@ impl Filesystem for FuseFs {
             FopenFlags::empty()
         };
         let fh = self.new_fh();
-        let backing = self.backing_for(ino.0, || reply.open_backing(fd.as_fd()));
+        let backing = self.backing_for(ino.0, &fd, || reply.open_backing(fd.as_fd()));
         let passthrough = backing.is_some();
         self.files
             .write()
@@ -433,7 +450,7 @@ impl Filesystem for FuseFs {
             };
         let fd = Arc::new(fd);
         let fh = self.new_fh();
-        let backing = self.backing_for(a.ino, || reply.open_backing(fd.as_fd()));
+        let backing = self.backing_for(a.ino, &fd, || reply.open_backing(fd.as_fd()));
         self.files
             .write()
             .unwrap_or_else(|p| p.into_inner())

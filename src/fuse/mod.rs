@@ -66,5 +66,20 @@ pub fn mount(
     cfg.n_threads = Some(opts.threads.max(1));
     cfg.clone_fd = opts.threads > 1;
     crate::sys::raise_nofile_limit();
+    clear_stale(mountpoint);
     Session::new(fs, mountpoint, &cfg)
+}
+
+/// A mount whose server died (kill -9) answers ENOTCONN to everything: detach it, so that a
+/// new mount at the same place works instead of hanging or failing.
+pub fn clear_stale(mountpoint: &Path) {
+    if let Err(e) = std::fs::metadata(mountpoint)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        log::warn!(
+            "{}: a stale mount (its server is gone): detaching it",
+            mountpoint.display()
+        );
+        let _ = crate::sys::unmount(mountpoint);
+    }
 }

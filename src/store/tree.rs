@@ -13,7 +13,7 @@ use std::path::Path;
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{Mode, fstatat};
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, fstatat};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
@@ -97,6 +97,7 @@ impl LayerTree {
         let mut links: HashMap<(u64, u64), u32> = HashMap::new();
         let mut queue: std::collections::VecDeque<(u32, OwnedFd)> =
             std::collections::VecDeque::new();
+        let mut restore: Vec<(OwnedFd, Vec<u8>, u32)> = Vec::new();
         queue.push_back((0, root));
         while let Some((idx, fd)) = queue.pop_front() {
             let mut names: Vec<Vec<u8>> = Vec::new();
@@ -136,12 +137,21 @@ impl LayerTree {
                     node.link_group = Some(first);
                 }
                 if node.kind == Kind::Dir {
-                    let sub = openat(
-                        fd.as_fd(),
-                        os,
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
+                    let flags =
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                    let sub = match openat(fd.as_fd(), os, flags, Mode::empty()) {
+                        // Not root, and the archive made it unreadable (say 0000): open it
+                        // with owner rwx for the scan and put the mode back at the end.
+                        Err(Errno::EACCES) if st.st_uid == sys::euid() => {
+                            let perm = Mode::from_bits_truncate(0o700 | (st.st_mode & 0o7777));
+                            fchmodat(fd.as_fd(), os, perm, FchmodatFlags::FollowSymlink)
+                                .ctx("open layer directory", dir.join(os))?;
+                            let keep = fd.try_clone().ctx("dup directory fd", dir)?;
+                            restore.push((keep, name.clone(), st.st_mode & 0o7777));
+                            openat(fd.as_fd(), os, flags, Mode::empty())
+                        }
+                        r => r,
+                    }
                     .ctx("open layer directory", dir.join(os))?;
                     node.opaque =
                         format::dir_is_opaque(sub.as_fd()).ctx("read opaque mark", dir.join(os))?;
@@ -151,6 +161,15 @@ impl LayerTree {
             }
             let count = nodes.len() as u32 - start;
             nodes[idx as usize].children = (start, count);
+        }
+        for (parent, name, mode) in restore.iter().rev() {
+            fchmodat(
+                parent.as_fd(),
+                OsStr::from_bytes(name),
+                Mode::from_bits_truncate(*mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .ctx("restore directory mode", dir.join(OsStr::from_bytes(name)))?;
         }
         Ok(LayerTree {
             version: TREE_VERSION,
