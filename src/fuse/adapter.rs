@@ -36,6 +36,9 @@ struct Handle {
     _backing: Option<Arc<BackingId>>,
 }
 
+/// A shared backing file and the (device, inode) of the real file it stands for.
+type Backing = (Weak<BackingId>, (u64, u64));
+
 /// The FUSE side of a mount.
 pub struct FuseFs {
     union: Arc<Union>,
@@ -47,7 +50,7 @@ pub struct FuseFs {
     want_passthrough: bool,
     /// One backing file per inode at a time (a kernel rule): shared by its open handles, and
     /// known by the (device, inode) of the real file it stands for.
-    backing: Mutex<HashMap<Ino, (Weak<BackingId>, (u64, u64))>>,
+    backing: Mutex<HashMap<Ino, Backing>>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
