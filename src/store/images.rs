@@ -245,7 +245,6 @@ impl Store {
 
     /// Points `target` (a new name) at the image `source` names.
     pub fn tag(&self, source: &str, target: &str) -> Result<()> {
-        let src = self.resolve(source)?;
         let r = Reference::parse_tagged(target).map_err(Error::Invalid)?;
         if r.digest.is_some() {
             return Err(Error::Invalid(format!(
@@ -253,6 +252,7 @@ impl Store {
             )));
         }
         self.index().write("tag image", |c| {
+            let src = self.resolve(source)?; // under the write lock, as in remove_image
             index::set_tag(
                 c,
                 &TagRow {
@@ -269,10 +269,12 @@ impl Store {
     /// Without `force`, an image named by id that has several tags, or that a container uses,
     /// is refused.
     pub fn remove_image(&self, name: &str, force: bool) -> Result<Removed> {
-        let res = self.resolve(name)?;
         let mut out = Removed::default();
         let mut trash = Vec::new();
         self.index().write("remove image", |c| {
+            // Resolved under the write lock: a tag moved by another process meanwhile must not
+            // make this remove the image the tag left.
+            let res = self.resolve(name)?;
             let tags = index::tags_of(c, &res.id)?;
             let users: i64 = c
                 .query_row("SELECT count(*) FROM containers WHERE image_id = ?1", [res.id.to_string()], |r| r.get(0))

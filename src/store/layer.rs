@@ -189,28 +189,43 @@ impl Store {
         lease: &Lease<'_>,
         bar: &indicatif::ProgressBar,
     ) -> Result<Ingested> {
-        // Both already here: just keep them under the lease.
-        if let (Some(b), Some(d)) = (&expect.blob, &expect.diff_id)
-            && let (Some(brow), Some(lrow)) = (self.index().blob(b)?, self.index().layer(d)?)
-            && self.blob_path(b).exists()
-            && self.layer_diff(d).is_dir()
-        {
-            self.index().write("reference layer", |c| {
-                index::lease_ref(c, lease.id(), "blob", b)?;
-                index::lease_ref(c, lease.id(), "layer", d)
+        // Both already here: just keep them under the lease. Checked and leased in one write
+        // transaction, so another process's rmi or prune cannot remove them in between.
+        if let (Some(b), Some(d)) = (&expect.blob, &expect.diff_id) {
+            let found = self.index().write("reference layer", |c| {
+                match (index::blob(c, b)?, index::layer(c, d)?) {
+                    (Some(brow), Some(lrow))
+                        if self.blob_path(b).exists() && self.layer_diff(d).is_dir() =>
+                    {
+                        index::lease_ref(c, lease.id(), "blob", b)?;
+                        index::lease_ref(c, lease.id(), "layer", d)?;
+                        Ok(Some((brow.size, lrow.size)))
+                    }
+                    _ => Ok(None),
+                }
             })?;
-            bar.finish_and_clear();
-            let compression = expect.compression.unwrap_or(Compression::None);
-            return Ok(Ingested {
-                blob: b.clone(),
-                blob_size: brow.size,
-                diff_id: d.clone(),
-                size: lrow.size,
-                compression,
-            });
+            if let Some((blob_size, size)) = found {
+                bar.finish_and_clear();
+                return Ok(Ingested {
+                    blob: b.clone(),
+                    blob_size,
+                    diff_id: d.clone(),
+                    size,
+                    compression: expect.compression.unwrap_or(Compression::None),
+                });
+            }
         }
+        // The layer alone may be here (another image's blob of it): lease it now, so it stays
+        // while only the blob is ingested.
         let have_layer = match &expect.diff_id {
-            Some(d) => self.index().layer(d)?.is_some() && self.layer_diff(d).is_dir(),
+            Some(d) => self.index().write("reference layer", |c| {
+                if index::layer(c, d)?.is_some() && self.layer_diff(d).is_dir() {
+                    index::lease_ref(c, lease.id(), "layer", d)?;
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
+            })?,
             None => false,
         };
 

@@ -64,7 +64,7 @@ fn unique_name() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{pid}.{start}.{nanos:x}{n}")
+    format!("{pid}.{start}.{nanos:x}.{n}")
 }
 
 /// The default store root: `/var/lib/strata` for root, `$XDG_DATA_HOME/strata` (or

@@ -125,3 +125,4 @@ pub fn fixture_digests() -> serde_json::Value {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+pub mod mounts;
