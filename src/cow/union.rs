@@ -97,13 +97,33 @@ struct Node {
     name: Vec<u8>,
     mode: u32,
     top: Loc,
-    /// The object: for a directory, its top layer's directory fd; else an `O_PATH` fd.
-    obj: Arc<OwnedFd>,
+    /// The object: for a directory, its top layer's directory fd; else its name in its top
+    /// layer (opened when needed: a descriptor per file would run into the open-files limit).
+    obj: Obj,
     /// For a directory: the fd of each contributing layer, top first.
     dirs: Vec<(Loc, Arc<OwnedFd>)>,
     nlookup: u64,
     /// Removed from the view while still referenced (st_nlink reads 0).
     unlinked: bool,
+}
+
+/// How a node's object is reached.
+#[derive(Clone)]
+enum Obj {
+    /// An open descriptor (directories).
+    Fd(Arc<OwnedFd>),
+    /// A name in a layer directory (everything else).
+    At(Arc<OwnedFd>, Vec<u8>),
+}
+
+impl Obj {
+    /// An `O_PATH` (or, for directories, open) descriptor of the object.
+    fn fd(&self) -> Result<Arc<OwnedFd>, Errno> {
+        match self {
+            Obj::Fd(fd) => Ok(fd.clone()),
+            Obj::At(dir, name) => Ok(Arc::new(opath(dir.as_fd(), name)?)),
+        }
+    }
 }
 
 struct Upper {
@@ -116,9 +136,12 @@ struct Upper {
 struct Probe {
     top: Loc,
     st: FileStat,
-    obj: Arc<OwnedFd>,
+    obj: Obj,
     dirs: Vec<(Loc, Arc<OwnedFd>)>,
 }
+
+/// A lower hard link's name: (parent, name, device, inode of the lower object).
+type LowerLinkKey = (Ino, Vec<u8>, u64, u64);
 
 /// The merged view.
 pub struct Union {
@@ -132,7 +155,7 @@ pub struct Union {
     /// link, so each name must be its own node: sharing one made an operation on one name
     /// reach (copy up, chmod, …) whichever name was looked up last (regression test:
     /// union_oracle.rs lower_hard_links_break_on_copy_up_as_in_kernel).
-    lower_links: Mutex<HashMap<(Ino, Vec<u8>, u64, u64), Ino>>,
+    lower_links: Mutex<HashMap<LowerLinkKey, Ino>>,
     next_ino: AtomicU64,
     /// Serializes changes of the namespace and copy-ups (never held over data I/O).
     write: Mutex<()>,
@@ -249,7 +272,7 @@ impl Union {
                 name: Vec::new(),
                 mode: st.st_mode,
                 top: dirs[0].0,
-                obj: dirs[0].1.clone(),
+                obj: Obj::Fd(dirs[0].1.clone()),
                 dirs,
                 nlookup: 1,
                 unlinked: false,
@@ -355,7 +378,7 @@ impl Union {
                         res = Some(Probe {
                             top: *loc,
                             st,
-                            obj: fd.clone(),
+                            obj: Obj::Fd(fd.clone()),
                             dirs: vec![(*loc, fd)],
                         })
                     }
@@ -370,7 +393,7 @@ impl Union {
                     res = Some(Probe {
                         top: *loc,
                         st,
-                        obj: Arc::new(opath(dfd.as_fd(), name)?),
+                        obj: Obj::At(dfd.clone(), name.to_vec()),
                         dirs: Vec::new(),
                     });
                 }
@@ -449,7 +472,18 @@ impl Union {
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
         let (obj, unlinked, top) =
             self.with_node(ino, |n| Ok((n.obj.clone(), n.unlinked, n.top)))?;
-        let mut st = fstat(obj.as_fd())?;
+        if unlinked && top == Loc::Upper && matches!(obj, Obj::At(..)) {
+            // Its name is gone (or names something else now): only open files still reach it,
+            // and their getattr comes with a file handle (getattr_fd).
+            return Err(Errno::ENOENT);
+        }
+        let st = match &obj {
+            Obj::Fd(fd) => fstat(fd.as_fd())?,
+            Obj::At(dir, name) => {
+                nix::sys::stat::fstatat(dir.as_fd(), os(name), AtFlags::AT_SYMLINK_NOFOLLOW)?
+            }
+        };
+        let mut st = st;
         if unlinked && Self::layer_is_lower(top) {
             st.st_nlink = 0;
         }
@@ -470,7 +504,7 @@ impl Union {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, Errno> {
-        let obj = self.with_node(ino, |n| Ok(n.obj.clone()))?;
+        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
         Ok(readlinkat(obj.as_fd(), "")?.as_bytes().to_vec())
     }
 
@@ -493,7 +527,7 @@ impl Union {
     fn copy_up(&self, ino: Ino) -> Result<(), Errno> {
         let up = self.upper()?;
         let (parent, name, mode, top, obj) = self.with_node(ino, |n| {
-            Ok((n.parent, n.name.clone(), n.mode, n.top, n.obj.clone()))
+            Ok((n.parent, n.name.clone(), n.mode, n.top, n.obj.fd()?))
         })?;
         if top == Loc::Upper {
             return Ok(());
@@ -566,17 +600,19 @@ impl Union {
             let ust = fstat(fd.as_fd())?;
             (fd, ust)
         } else {
-            let fd = Arc::new(opath(pfd.as_fd(), &name)?);
-            let ust = fstat(fd.as_fd())?;
-            (fd, ust)
+            let ust =
+                nix::sys::stat::fstatat(pfd.as_fd(), os(&name), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            (pfd.clone(), ust)
         };
         lock(&self.origins).insert((ust.st_dev, ust.st_ino), ino);
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(&ino) {
             n.top = Loc::Upper;
-            n.obj = new_obj.clone();
             if is_dir(mode) {
+                n.obj = Obj::Fd(new_obj.clone());
                 n.dirs.insert(0, (Loc::Upper, new_obj));
+            } else {
+                n.obj = Obj::At(new_obj, name.clone());
             }
         }
         Ok(())
@@ -596,8 +632,18 @@ impl Union {
             self.forget(a.ino, 1);
         }
         let up = self.upper()?;
-        let fd = self.with_node(ino, |n| Ok(n.obj.clone()))?;
+        let fd = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
         format::set_opaque_fd(fd.as_fd(), up.ns)?;
+        // Whiteouts in an opaque directory hide nothing, and kernel overlayfs, which never
+        // writes them there, lists them (then fails to stat them): remove them (regression
+        // test: union_oracle.rs whiteouts_do_not_stay_in_a_dir_made_opaque).
+        for (n, _, _) in read_names(fd.as_fd())? {
+            if let Some(st) = stat_at(fd.as_fd(), &n)?
+                && format::is_whiteout(st.st_mode, st.st_rdev)
+            {
+                unlinkat(fd.as_fd(), os(&n), UnlinkatFlags::NoRemoveDir)?;
+            }
+        }
         // Now opaque: no lower contributes to it any more.
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(&ino) {
@@ -609,7 +655,7 @@ impl Union {
     /// The way to reach a node's object (see [`ObjRef`]).
     fn obj_ref(&self, ino: Ino) -> Result<ObjRef, Errno> {
         let (obj, mode, parent, name, top) = self.with_node(ino, |n| {
-            Ok((n.obj.clone(), n.mode, n.parent, n.name.clone(), n.top))
+            Ok((n.obj.fd()?, n.mode, n.parent, n.name.clone(), n.top))
         })?;
         match fmt(mode) {
             libc::S_IFDIR => Ok(ObjRef::Dir(obj)),
@@ -632,6 +678,18 @@ impl Union {
 
     fn lookup_internal(&self, parent: Ino, name: &[u8]) -> Result<Attr, Errno> {
         self.lookup(parent, name)
+    }
+
+    /// The upper directory fd of a directory node, if it has one.
+    fn upper_fd_of(&self, ino: Ino) -> Option<Arc<OwnedFd>> {
+        self.with_node(ino, |n| {
+            Ok(n.dirs
+                .iter()
+                .find(|(l, _)| *l == Loc::Upper)
+                .map(|(_, f)| f.clone()))
+        })
+        .ok()
+        .flatten()
     }
 
     /// Whether a lower layer below the upper has something visible at `name` of `dirs`.
@@ -873,7 +931,7 @@ impl Union {
         }
         self.copy_up(ino)?;
         let pfd = self.upper_dir(newparent)?;
-        let obj = self.with_node(ino, |n| Ok(n.obj.clone()))?;
+        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
         let src = proc_path(&obj.as_raw_fd());
         let over_whiteout = stat_at(pfd.as_fd(), newname)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
@@ -1148,7 +1206,7 @@ impl Union {
             let up = self.upper()?;
             // A directory landing where a lower layer has the name must hide it.
             if sdir && dst_lower {
-                let fd = self.with_node(sino, |n| Ok(n.obj.clone()))?;
+                let fd = self.with_node(sino, |n| Ok(n.obj.fd()?))?;
                 format::set_opaque_fd(fd.as_fd(), up.ns)?;
             }
             if exchange {
@@ -1156,7 +1214,7 @@ impl Union {
                     && self.with_node(d, |n| Ok(is_dir(n.mode)))?
                     && src_lower
                 {
-                    let fd = self.with_node(d, |n| Ok(n.obj.clone()))?;
+                    let fd = self.with_node(d, |n| Ok(n.obj.fd()?))?;
                     format::set_opaque_fd(fd.as_fd(), up.ns)?;
                 }
                 return renameat2(
@@ -1191,7 +1249,10 @@ impl Union {
                 return Ok(());
             }
             let mut rflags = RenameFlags::empty();
-            if noreplace {
+            // A whiteout at the new name is not an object of the view (checked above, under
+            // the write lock): it is replaced, so RENAME_NOREPLACE must not reach the upper
+            // (regression test: union_oracle.rs rename_noreplace_onto_whiteout).
+            if noreplace && !dst_is_whiteout {
                 rflags |= RenameFlags::RENAME_NOREPLACE;
             }
             if src_lower {
@@ -1218,10 +1279,15 @@ impl Union {
         }
         result?;
         // Names moved: update the nodes.
+        let spfd = self.upper_fd_of(parent);
+        let dpfd = self.upper_fd_of(newparent);
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(&sino) {
             n.parent = newparent;
             n.name = newname.to_vec();
+            if let (Obj::At(..), Some(d)) = (&n.obj, &dpfd) {
+                n.obj = Obj::At(d.clone(), newname.to_vec());
+            }
         }
         if let Some(d) = dino
             && let Some(n) = nodes.get_mut(&d)
@@ -1229,6 +1295,9 @@ impl Union {
             if exchange {
                 n.parent = parent;
                 n.name = name.to_vec();
+                if let (Obj::At(..), Some(s)) = (&n.obj, &spfd) {
+                    n.obj = Obj::At(s.clone(), name.to_vec());
+                }
             } else {
                 n.unlinked = true;
             }
@@ -1357,7 +1426,7 @@ impl Union {
             let _w = lock(&self.write);
             self.copy_up(ino)?;
         }
-        let obj = self.with_node(ino, |n| Ok(n.obj.clone()))?;
+        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
         let keep = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         nix::fcntl::open(
             proc_path(&obj.as_raw_fd()).as_c_str(),

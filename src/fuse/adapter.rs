@@ -545,7 +545,9 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (data goes straight to the real file): ENOSYS tells the
+        // kernel to stop sending FLUSH at every close.
+        reply.error(errno(Errno::ENOSYS));
     }
 
     fn release(
@@ -595,7 +597,15 @@ impl Filesystem for FuseFs {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(fh, Arc::new(entries));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // A directory only read-only layers make never changes behind the kernel's
+                // back (a change through the mount copies it up, and the kernel drops its
+                // cached listing then): let the kernel keep the listing.
+                let flags = if self.union.is_lower(ino.0) {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
             }
             Err(e) => reply.error(errno(e)),
         }
