@@ -504,7 +504,7 @@ impl Union {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, Errno> {
-        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
+        let obj = self.with_node(ino, |n| n.obj.fd())?;
         Ok(readlinkat(obj.as_fd(), "")?.as_bytes().to_vec())
     }
 
@@ -632,7 +632,7 @@ impl Union {
             self.forget(a.ino, 1);
         }
         let up = self.upper()?;
-        let fd = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
+        let fd = self.with_node(ino, |n| n.obj.fd())?;
         format::set_opaque_fd(fd.as_fd(), up.ns)?;
         // Whiteouts in an opaque directory hide nothing, and kernel overlayfs, which never
         // writes them there, lists them (then fails to stat them): remove them (regression
@@ -931,7 +931,7 @@ impl Union {
         }
         self.copy_up(ino)?;
         let pfd = self.upper_dir(newparent)?;
-        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
+        let obj = self.with_node(ino, |n| n.obj.fd())?;
         let src = proc_path(&obj.as_raw_fd());
         let over_whiteout = stat_at(pfd.as_fd(), newname)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
@@ -1206,7 +1206,7 @@ impl Union {
             let up = self.upper()?;
             // A directory landing where a lower layer has the name must hide it.
             if sdir && dst_lower {
-                let fd = self.with_node(sino, |n| Ok(n.obj.fd()?))?;
+                let fd = self.with_node(sino, |n| n.obj.fd())?;
                 format::set_opaque_fd(fd.as_fd(), up.ns)?;
             }
             if exchange {
@@ -1214,7 +1214,7 @@ impl Union {
                     && self.with_node(d, |n| Ok(is_dir(n.mode)))?
                     && src_lower
                 {
-                    let fd = self.with_node(d, |n| Ok(n.obj.fd()?))?;
+                    let fd = self.with_node(d, |n| n.obj.fd())?;
                     format::set_opaque_fd(fd.as_fd(), up.ns)?;
                 }
                 return renameat2(
@@ -1426,7 +1426,7 @@ impl Union {
             let _w = lock(&self.write);
             self.copy_up(ino)?;
         }
-        let obj = self.with_node(ino, |n| Ok(n.obj.fd()?))?;
+        let obj = self.with_node(ino, |n| n.obj.fd())?;
         let keep = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         nix::fcntl::open(
             proc_path(&obj.as_raw_fd()).as_c_str(),
