@@ -55,15 +55,19 @@ pub fn serve(
             return Err(fail(msg));
         }
     };
-    log::info!(
-        "mounted {} (file data: {})",
-        mountpoint.display(),
-        if opts.passthrough {
-            "passthrough when the kernel grants it"
-        } else {
-            "userspace I/O"
-        }
-    );
+    let mode = if opts.passthrough {
+        "FUSE passthrough (CAP_SYS_ADMIN)"
+    } else {
+        "userspace I/O (no CAP_SYS_ADMIN, or STRATA_NO_PASSTHROUGH)"
+    };
+    if foreground {
+        // The mount log: say what serves file data.
+        eprintln!(
+            "strata: mounted {}; file data: {mode}",
+            mountpoint.display()
+        );
+    }
+    log::info!("mounted {}; file data: {mode}", mountpoint.display());
     on_ready();
     if let Some(r) = ready {
         use std::io::Write;
