@@ -88,6 +88,16 @@ pub fn overlay(a: &OverlayArgs) -> Result<(), Failure> {
         log::debug!("option {i} accepted, no effect");
     }
     let mountpoint = a.args.last().expect("clap requires one").clone();
+    if o.remount {
+        // `mount -o remount,ro|rw MNT`: only the flags of the existing mount change.
+        use nix::mount::{MsFlags, mount};
+        let mut flags = MsFlags::MS_REMOUNT;
+        if o.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        return mount(None::<&str>, &mountpoint, None::<&str>, flags, None::<&str>)
+            .map_err(|e| fail(format!("remount {}: {e}", mountpoint.display())));
+    }
     let opts = MountOptions {
         fsname: o.fsname.clone().unwrap_or_else(|| "strata-overlay".into()),
         threads: a.threads,

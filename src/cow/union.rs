@@ -981,6 +981,20 @@ impl Union {
 
     // ---- removing
 
+    /// Holds an upper file's node by an `O_PATH` descriptor instead of by its name, before that
+    /// name goes (unlink, rename over it): fstat/fchmod/ftruncate of an open unlinked file and
+    /// the other hard links the kernel has cached still reach the object, not ENOENT.
+    fn pin(&self, ino: Ino) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get_mut(&ino)
+            && n.top == Loc::Upper
+            && matches!(n.obj, Obj::At(..))
+            && let Ok(fd) = n.obj.fd()
+        {
+            n.obj = Obj::Fd(fd);
+        }
+    }
+
     fn mark_removed(&self, parent: Ino, name: &[u8], victim: &Probe) {
         let key = (victim.st.st_dev, victim.st.st_ino);
         let ino = if self.is_lower_link(victim.top, &victim.st) {
@@ -1088,6 +1102,13 @@ impl Union {
         let dirs = dirs_with_upper(&dirs, &pfd);
         let whiteout = self.lower_has(&dirs, name)?;
         if victim.top == Loc::Upper {
+            // Open files and other names of it must still reach it once this name is gone.
+            let ino = lock(&self.origins)
+                .get(&(victim.st.st_dev, victim.st.st_ino))
+                .copied();
+            if let Some(i) = ino {
+                self.pin(i);
+            }
             self.remove_upper_entry(pfd.as_fd(), name, vdir, whiteout)?;
         } else {
             format::write_whiteout(pfd.as_fd(), os(name))?;
@@ -1194,6 +1215,9 @@ impl Union {
             }
             _ => Ok(()),
         };
+        if let (Some(d), false) = (dino, exchange) {
+            self.pin(d); // the replaced object: open files and other names still reach it
+        }
         let result = (|| {
             sres?;
             dres?;

@@ -14,12 +14,22 @@ pub struct OverlayOptions {
     pub read_only: bool,
     /// `fsname=` (the mount's source as shown by `mount`).
     pub fsname: Option<String>,
+    /// `remount`: change the flags of an existing mount (mount(8) passes it for
+    /// `mount -o remount,ro MNT`) instead of mounting.
+    pub remount: bool,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
 }
 
 /// Generic options of mount(8) and of FUSE that need no action.
 const GENERIC: &[&str] = &[
+    // FUSE's own, which mount(8) passes back from the mount table on a remount
+    "user_id",
+    "group_id",
+    "rootmode",
+    "fd",
+    "max_read",
+    "blksize",
     "rw",
     "dev",
     "nodev",
@@ -129,6 +139,7 @@ pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
                 ("workdir", Some(v)) => o.spec.work = Some(PathBuf::from(v)),
                 ("volatile", None) => o.spec.volatile = true,
                 ("ro", None) => o.read_only = true,
+                ("remount", None) => o.remount = true,
                 ("fsname", Some(v)) => o.fsname = Some(v.to_string()),
                 ("subtype", Some(_)) => o.ignored.push(opt.clone()),
                 (k, _)
@@ -141,6 +152,9 @@ pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
                 (k, _) => return Err(format!("unknown overlay option {k:?}")),
             }
         }
+    }
+    if o.remount {
+        return Ok(o); // the mount exists: no layers to name
     }
     if o.spec.lowers.is_empty() && o.spec.upper.is_none() {
         return Err(
@@ -200,5 +214,12 @@ mod tests {
         assert!(parse(&["lowerdir=/a,bogus".into()]).is_err());
         let ro = parse(&["lowerdir=/a".into()]).unwrap();
         assert!(ro.spec.upper.is_none());
+        // mount -o remount,ro MNT through mount.fuse: the mount table's options come back.
+        let r = parse(&[
+            "ro,relatime,remount,user_id=0,group_id=0,default_permissions,allow_other,dev,suid"
+                .into(),
+        ])
+        .unwrap();
+        assert!(r.remount && r.read_only);
     }
 }
