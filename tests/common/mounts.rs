@@ -153,6 +153,14 @@ impl StrataMount {
 
     /// Unmounts now (the same as dropping the guard).
     pub fn unmount(self) {}
+
+    /// Kills the server with SIGKILL and reaps it, leaving its mount stale.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for StrataMount {
