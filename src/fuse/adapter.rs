@@ -43,7 +43,9 @@ type Backing = (Weak<BackingId>, (u64, u64));
 pub struct FuseFs {
     union: Arc<Union>,
     files: RwLock<HashMap<u64, Handle>>,
-    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The listing being read of each directory (merged once at offset 0, then served by
+    /// offset until the kernel has it all).
+    listings: RwLock<HashMap<Ino, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     /// Passthrough wanted (the caller checked CAP_SYS_ADMIN) and granted by the kernel.
     passthrough: AtomicBool,
@@ -124,7 +126,7 @@ impl FuseFs {
         FuseFs {
             union,
             files: RwLock::new(HashMap::new()),
-            dirs: RwLock::new(HashMap::new()),
+            listings: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             want_passthrough: passthrough,
@@ -589,26 +591,12 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.readdir(ino.0) {
-            Ok(entries) => {
-                let fh = self.new_fh();
-                self.dirs
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(entries));
-                // A directory only read-only layers make never changes behind the kernel's
-                // back (a change through the mount copies it up, and the kernel drops its
-                // cached listing then): let the kernel keep the listing.
-                let flags = if self.union.is_lower(ino.0) {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags);
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS once, and the kernel opens directories by itself from then on and keeps their
+        // listings in its page cache (FOPEN_CACHE_DIR), dropped whenever the directory changes
+        // through the mount: a warm walk sends no request at all. Listings are then read with
+        // file handle 0 (see `listing`).
+        reply.error(errno(Errno::ENOSYS));
     }
 
     fn readdir(
@@ -619,8 +607,9 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dirs.read().ok().and_then(|d| d.get(&fh.0).cloned()) else {
-            return reply.error(errno(Errno::EBADF));
+        let entries = match self.listing(ino.0, fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
         };
         // Offsets: 1 is ".", 2 is "..", 3.. the entries of the snapshot.
         let mut i = offset;
@@ -659,8 +648,9 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dirs.read().ok().and_then(|d| d.get(&fh.0).cloned()) else {
-            return reply.error(errno(Errno::EBADF));
+        let entries = match self.listing(ino.0, fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
         };
         let mut i = offset;
         while i < entries.len() as u64 + 2 {
@@ -708,14 +698,10 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
         reply.ok();
     }
 
@@ -880,6 +866,36 @@ impl Filesystem for FuseFs {
 }
 
 impl FuseFs {
+    /// The listing of directory `ino` for a read at `offset`: merged anew at offset 0 (so a
+    /// new read sees the current directory), the same one for the following offsets, dropped
+    /// once read to its end.
+    fn listing(&self, ino: Ino, _fh: FileHandle, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        // (The read guard must be gone before the write lock below is taken.)
+        let known = self
+            .listings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned();
+        if offset > 0
+            && let Some(l) = known
+        {
+            if offset >= l.len() as u64 + 2 {
+                self.listings
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino);
+            }
+            return Ok(l);
+        }
+        let l = Arc::new(self.union.readdir(ino)?);
+        self.listings
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino, l.clone());
+        Ok(l)
+    }
+
     fn entry_or_error(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => {
