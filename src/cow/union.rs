@@ -735,10 +735,11 @@ impl Union {
         let (gid, setgid) = self.new_gid(pfd.as_fd(), caller)?;
         let over_whiteout = stat_at(pfd.as_fd(), name)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
-        let lower_below = !over_whiteout && self.lower_has(&dirs, name)?;
-        if over_whiteout || lower_below {
-            // Built in the work dir, then swapped with the whiteout (or placed over lower
-            // leftovers) in one rename.
+        // The name was looked up through every layer above and found nothing: no lower layer
+        // shows anything at it (a lower whiteout, or nothing at all), so only an upper
+        // whiteout needs replacing.
+        if over_whiteout {
+            // Built in the work dir, then swapped with the whiteout in one rename.
             let tmp = self.tmp_name();
             let work = up.work.as_fd();
             let r = (|| {
@@ -764,24 +765,14 @@ impl Union {
                     let fd = open_dir(work, &tmp)?;
                     format::set_opaque_fd(fd.as_fd(), up.ns)?;
                 }
-                if over_whiteout {
-                    renameat2(
-                        work,
-                        os(&tmp),
-                        pfd.as_fd(),
-                        os(name),
-                        RenameFlags::RENAME_EXCHANGE,
-                    )?;
-                    unlinkat(work, os(&tmp), UnlinkatFlags::NoRemoveDir)?;
-                } else {
-                    renameat2(
-                        work,
-                        os(&tmp),
-                        pfd.as_fd(),
-                        os(name),
-                        RenameFlags::RENAME_NOREPLACE,
-                    )?;
-                }
+                renameat2(
+                    work,
+                    os(&tmp),
+                    pfd.as_fd(),
+                    os(name),
+                    RenameFlags::RENAME_EXCHANGE,
+                )?;
+                unlinkat(work, os(&tmp), UnlinkatFlags::NoRemoveDir)?;
                 Ok(())
             })();
             if let Err(e) = r {
@@ -935,7 +926,8 @@ impl Union {
         let src = proc_path(&obj.as_raw_fd());
         let over_whiteout = stat_at(pfd.as_fd(), newname)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
-        if over_whiteout || self.lower_has(&dirs, newname)? {
+        // As in create_with: nothing of a lower layer shows at a name the probe did not find.
+        if over_whiteout {
             let tmp = self.tmp_name();
             let work = up.work.as_fd();
             linkat(
@@ -945,23 +937,13 @@ impl Union {
                 os(&tmp),
                 AtFlags::AT_SYMLINK_FOLLOW,
             )?;
-            let r = if over_whiteout {
-                renameat2(
-                    work,
-                    os(&tmp),
-                    pfd.as_fd(),
-                    os(newname),
-                    RenameFlags::RENAME_EXCHANGE,
-                )
-            } else {
-                renameat2(
-                    work,
-                    os(&tmp),
-                    pfd.as_fd(),
-                    os(newname),
-                    RenameFlags::RENAME_NOREPLACE,
-                )
-            };
+            let r = renameat2(
+                work,
+                os(&tmp),
+                pfd.as_fd(),
+                os(newname),
+                RenameFlags::RENAME_EXCHANGE,
+            );
             let _ = unlinkat(work, os(&tmp), UnlinkatFlags::NoRemoveDir);
             r?;
         } else {
