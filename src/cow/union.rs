@@ -826,15 +826,8 @@ impl Union {
     ) -> Result<Attr, Errno> {
         let perm = mode & 0o7777 & !umask;
         self.create_with(parent, name, caller, true, |d, n, _| {
-            mkdirat(d, os(n), Mode::from_bits_truncate(perm)).and_then(|_| {
-                // mkdir's mode is filtered by the daemon's umask: set it exactly.
-                nix::sys::stat::fchmodat(
-                    d,
-                    os(n),
-                    Mode::from_bits_truncate(perm),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )
-            })
+            mkdirat(d, os(n), Mode::from_bits_truncate(perm))?;
+            set_perm(d, n, perm)
         })
     }
 
@@ -855,12 +848,7 @@ impl Union {
         }
         self.create_with(parent, name, caller, false, |d, n, _| {
             mknodat(d, os(n), kind, Mode::from_bits_truncate(perm), rdev)?;
-            nix::sys::stat::fchmodat(
-                d,
-                os(n),
-                Mode::from_bits_truncate(perm),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
+            set_perm(d, n, perm)
         })
     }
 
@@ -1553,6 +1541,17 @@ impl ObjRef {
             ObjRef::Proc(_, p) => sys::XTarget::Follow(p.as_c_str()),
         }
     }
+}
+
+/// Sets the exact mode of a just-created object (`mkdir` and `mknod` filter it through the
+/// daemon's own umask). It was created here, in a directory only the union writes: not a symlink.
+fn set_perm(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> Result<(), Errno> {
+    nix::sys::stat::fchmodat(
+        dir,
+        os(name),
+        Mode::from_bits_truncate(perm),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
 }
 
 /// `dirs` with the upper fd in front (after a copy-up of the directory).

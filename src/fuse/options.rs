@@ -95,14 +95,18 @@ const OVERLAY_TUNING: &[&str] = &[
     "max_idle_threads",
 ];
 
-/// Splits on `sep` unless escaped with a backslash.
-fn split_escaped(s: &str, sep: char) -> Vec<String> {
+/// Splits on `sep` unless escaped with a backslash; `keep` leaves the escapes in the parts
+/// (the option string is split on ',' first, its values on ':' later).
+fn split_escaped(s: &str, sep: char, keep: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
+                if keep {
+                    cur.push('\\');
+                }
                 if let Some(n) = chars.next() {
                     cur.push(n);
                 }
@@ -119,7 +123,7 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
 pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
     let mut o = OverlayOptions::default();
     for s in opts {
-        for opt in split_escaped_keep(s) {
+        for opt in split_escaped(s, ',', true) {
             if opt.is_empty() {
                 continue; // containers-storage passes a trailing empty option
             }
@@ -129,7 +133,7 @@ pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
             };
             match (key, value) {
                 ("lowerdir", Some(v)) => {
-                    o.spec.lowers = split_escaped(v, ':')
+                    o.spec.lowers = split_escaped(v, ':', false)
                         .into_iter()
                         .filter(|l| !l.is_empty())
                         .map(PathBuf::from)
@@ -169,28 +173,6 @@ pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
         o.spec.work = None;
     }
     Ok(o)
-}
-
-/// Splits an option string on unescaped commas, keeping the escapes inside each option (they
-/// are resolved when the value is split on ':').
-fn split_escaped_keep(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                cur.push('\\');
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            ',' => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
 }
 
 #[cfg(test)]
