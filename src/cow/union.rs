@@ -1013,33 +1013,20 @@ impl Union {
                 Err(Errno::EINVAL) => {} // no RENAME_WHITEOUT here: two steps
                 Err(e) => return Err(e),
             }
-            if is_dir_entry {
-                clear_whiteouts(pfd, name)?;
-            }
-            unlinkat(
-                pfd,
-                os(name),
-                if is_dir_entry {
-                    UnlinkatFlags::RemoveDir
-                } else {
-                    UnlinkatFlags::NoRemoveDir
-                },
-            )?;
-            format::write_whiteout(pfd, os(name))
-        } else {
-            if is_dir_entry {
-                clear_whiteouts(pfd, name)?;
-            }
-            unlinkat(
-                pfd,
-                os(name),
-                if is_dir_entry {
-                    UnlinkatFlags::RemoveDir
-                } else {
-                    UnlinkatFlags::NoRemoveDir
-                },
-            )
         }
+        if is_dir_entry {
+            clear_whiteouts(pfd, name)?;
+        }
+        let flags = if is_dir_entry {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        unlinkat(pfd, os(name), flags)?;
+        if whiteout {
+            format::write_whiteout(pfd, os(name))?;
+        }
+        Ok(())
     }
 
     /// `unlink`.
