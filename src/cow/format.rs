@@ -98,15 +98,34 @@ pub fn set_opaque_fd(fd: impl AsFd, ns: XattrNs) -> nix::Result<()> {
 
 /// Whether the open directory `fd` is opaque in either namespace (`y`), or holds the OCI marker.
 pub fn dir_is_opaque(fd: impl AsFd) -> nix::Result<bool> {
+    dir_is_opaque_with(fd, None)
+}
+
+/// [`dir_is_opaque`] for a caller that may already know whether the directory holds the OCI
+/// marker (`marker`, from a listing): one `flistxattr` then, and a read of an opaque
+/// attribute only when the directory has one.
+pub fn dir_is_opaque_with(fd: impl AsFd, marker: Option<bool>) -> nix::Result<bool> {
     let fd = fd.as_fd();
+    let names = match sys::flistxattr(fd) {
+        Ok(n) => n,
+        // Filesystems without xattrs: not opaque there.
+        Err(Errno::ENOTSUP) | Err(Errno::EPERM) | Err(Errno::EACCES) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     for key in [TRUSTED_OPAQUE, USER_OPAQUE] {
+        if !names.iter().any(|n| n.as_bytes() == key.as_bytes()) {
+            continue;
+        }
         match sys::fgetxattr(fd, OsStr::new(key)) {
             Ok(Some(v)) if v == b"y" => return Ok(true),
             Ok(_) => {}
-            // Filesystems without xattrs, or a namespace we may not read: not opaque there.
+            // A namespace we may not read: not opaque there.
             Err(Errno::ENOTSUP) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
             Err(e) => return Err(e),
         }
+    }
+    if let Some(m) = marker {
+        return Ok(m);
     }
     match nix::sys::stat::fstatat(
         fd,

@@ -28,7 +28,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 use super::format::{self, XattrNs};
-use super::layer::{fmt, is_dir, open_dir, os, stat_at};
+use super::layer::{LayerFd, fmt, is_dir, open_dir, os, stat_at};
 use crate::sys;
 
 /// An inode number of the merged view.
@@ -101,7 +101,7 @@ struct Node {
     /// layer (opened when needed: a descriptor per file would run into the open-files limit).
     obj: Obj,
     /// For a directory: the fd of each contributing layer, top first.
-    dirs: Vec<(Loc, Arc<OwnedFd>)>,
+    dirs: Vec<(Loc, Arc<LayerFd>)>,
     nlookup: u64,
     /// Removed from the view while still referenced (st_nlink reads 0).
     unlinked: bool,
@@ -111,17 +111,17 @@ struct Node {
 #[derive(Clone)]
 enum Obj {
     /// An open descriptor (directories).
-    Fd(Arc<OwnedFd>),
+    Fd(Arc<LayerFd>),
     /// A name in a layer directory (everything else).
-    At(Arc<OwnedFd>, Vec<u8>),
+    At(Arc<LayerFd>, Vec<u8>),
 }
 
 impl Obj {
     /// An `O_PATH` (or, for directories, open) descriptor of the object.
-    fn fd(&self) -> Result<Arc<OwnedFd>, Errno> {
+    fn fd(&self) -> Result<Arc<LayerFd>, Errno> {
         match self {
             Obj::Fd(fd) => Ok(fd.clone()),
-            Obj::At(dir, name) => Ok(Arc::new(opath(dir.as_fd(), name)?)),
+            Obj::At(dir, name) => Ok(Arc::new(LayerFd::new(opath(dir.as_fd(), name)?))),
         }
     }
 }
@@ -137,7 +137,7 @@ struct Probe {
     top: Loc,
     st: FileStat,
     obj: Obj,
-    dirs: Vec<(Loc, Arc<OwnedFd>)>,
+    dirs: Vec<(Loc, Arc<LayerFd>)>,
 }
 
 /// A lower hard link's name: (parent, name, device, inode of the lower object).
@@ -242,12 +242,12 @@ impl Union {
         if let Some(up) = &u.upper {
             let fd = up.dir.try_clone()?;
             let opaque = format::dir_is_opaque(&fd).unwrap_or(false);
-            dirs.push((Loc::Upper, Arc::new(fd)));
+            dirs.push((Loc::Upper, Arc::new(LayerFd::new(fd))));
             if !opaque {
                 for (i, l) in u.lowers.iter().enumerate() {
                     let fd = l.try_clone()?;
                     let opaque = format::dir_is_opaque(&fd).unwrap_or(false);
-                    dirs.push((Loc::Lower(i), Arc::new(fd)));
+                    dirs.push((Loc::Lower(i), Arc::new(LayerFd::new(fd))));
                     if opaque {
                         break;
                     }
@@ -257,7 +257,7 @@ impl Union {
             for (i, l) in u.lowers.iter().enumerate() {
                 let fd = l.try_clone()?;
                 let opaque = format::dir_is_opaque(&fd).unwrap_or(false);
-                dirs.push((Loc::Lower(i), Arc::new(fd)));
+                dirs.push((Loc::Lower(i), Arc::new(LayerFd::new(fd))));
                 if opaque {
                     break;
                 }
@@ -333,7 +333,7 @@ impl Union {
         f(n)
     }
 
-    fn dirs_of(&self, ino: Ino) -> Result<Vec<(Loc, Arc<OwnedFd>)>, Errno> {
+    fn dirs_of(&self, ino: Ino) -> Result<Vec<(Loc, Arc<LayerFd>)>, Errno> {
         self.with_node(ino, |n| {
             if !is_dir(n.mode) {
                 return Err(Errno::ENOTDIR);
@@ -343,7 +343,7 @@ impl Union {
     }
 
     /// Looks `name` up through the contributing layers of a directory.
-    fn probe(&self, dirs: &[(Loc, Arc<OwnedFd>)], name: &[u8]) -> Result<Option<Probe>, Errno> {
+    fn probe(&self, dirs: &[(Loc, Arc<LayerFd>)], name: &[u8]) -> Result<Option<Probe>, Errno> {
         let mut res: Option<Probe> = None;
         for (loc, dfd) in dirs {
             if Self::layer_is_lower(*loc)
@@ -351,18 +351,32 @@ impl Union {
             {
                 continue; // OCI whiteout files never show in the view
             }
+            let lower = Self::layer_is_lower(*loc);
+            // No `.wh.NAME` can exist for a name of 252..=255 bytes (it would pass NAME_MAX);
+            // asking for it would fail the lookup with ENAMETOOLONG (regression test: cow.rs
+            // names_of_252_to_255_bytes_work_over_lowers).
+            let oci_whiteout = || {
+                let mut wh = format::OCI_WHITEOUT_PREFIX.as_bytes().to_vec();
+                wh.extend_from_slice(name);
+                (wh.len() <= 255).then_some(wh)
+            };
+            // A lower directory's listing answers for names it does not hold.
+            if lower && let Some(listing) = dfd.listing() {
+                if !listing.has(name) {
+                    if oci_whiteout().is_some_and(|wh| listing.has(&wh)) {
+                        break; // an OCI whiteout hides the name below
+                    }
+                    continue;
+                }
+            }
             let st = match stat_at(dfd.as_fd(), name)? {
                 Some(st) => st,
                 None => {
-                    if Self::layer_is_lower(*loc) {
-                        let mut wh = format::OCI_WHITEOUT_PREFIX.as_bytes().to_vec();
-                        wh.extend_from_slice(name);
-                        // No `.wh.NAME` can exist for a name of 252..=255 bytes (it would pass
-                        // NAME_MAX); asking for it would fail the lookup with ENAMETOOLONG
-                        // (regression test: cow.rs names_of_252_to_255_bytes_work_over_lowers).
-                        if wh.len() <= 255 && stat_at(dfd.as_fd(), &wh)?.is_some() {
-                            break; // an OCI whiteout hides the name below
-                        }
+                    if lower
+                        && let Some(wh) = oci_whiteout()
+                        && stat_at(dfd.as_fd(), &wh)?.is_some()
+                    {
+                        break; // an OCI whiteout hides the name below
                     }
                     continue;
                 }
@@ -371,8 +385,14 @@ impl Union {
                 break;
             }
             if is_dir(st.st_mode) {
-                let fd = Arc::new(open_dir(dfd.as_fd(), name)?);
-                let opaque = format::dir_is_opaque(fd.as_fd()).unwrap_or(false);
+                let fd = Arc::new(LayerFd::new(open_dir(dfd.as_fd(), name)?));
+                let marker = if lower {
+                    fd.listing()
+                        .map(|l| l.has(format::OCI_OPAQUE_MARKER.as_bytes()))
+                } else {
+                    None
+                };
+                let opaque = format::dir_is_opaque_with(fd.as_fd(), marker).unwrap_or(false);
                 match &mut res {
                     None => {
                         res = Some(Probe {
@@ -512,7 +532,7 @@ impl Union {
 
     /// The upper directory fd of a directory node, copying it up (with its parents) if needed.
     /// Must be called with the write lock held.
-    fn upper_dir(&self, ino: Ino) -> Result<Arc<OwnedFd>, Errno> {
+    fn upper_dir(&self, ino: Ino) -> Result<Arc<LayerFd>, Errno> {
         self.copy_up(ino)?;
         self.with_node(ino, |n| {
             n.dirs
@@ -596,7 +616,7 @@ impl Union {
         }
         // The node now lives in the upper layer, with the same inode number.
         let (new_obj, ust) = if is_dir(mode) {
-            let fd = Arc::new(open_dir(pfd.as_fd(), &name)?);
+            let fd = Arc::new(LayerFd::new(open_dir(pfd.as_fd(), &name)?));
             let ust = fstat(fd.as_fd())?;
             (fd, ust)
         } else {
@@ -681,7 +701,7 @@ impl Union {
     }
 
     /// The upper directory fd of a directory node, if it has one.
-    fn upper_fd_of(&self, ino: Ino) -> Option<Arc<OwnedFd>> {
+    fn upper_fd_of(&self, ino: Ino) -> Option<Arc<LayerFd>> {
         self.with_node(ino, |n| {
             Ok(n.dirs
                 .iter()
@@ -693,7 +713,7 @@ impl Union {
     }
 
     /// Whether a lower layer below the upper has something visible at `name` of `dirs`.
-    fn lower_has(&self, dirs: &[(Loc, Arc<OwnedFd>)], name: &[u8]) -> Result<bool, Errno> {
+    fn lower_has(&self, dirs: &[(Loc, Arc<LayerFd>)], name: &[u8]) -> Result<bool, Errno> {
         let lowers: Vec<_> = dirs
             .iter()
             .filter(|(l, _)| Self::layer_is_lower(*l))
@@ -1074,7 +1094,7 @@ impl Union {
         Ok(())
     }
 
-    fn merged_is_empty(&self, dirs: &[(Loc, Arc<OwnedFd>)]) -> Result<bool, Errno> {
+    fn merged_is_empty(&self, dirs: &[(Loc, Arc<LayerFd>)]) -> Result<bool, Errno> {
         Ok(merge_dir(dirs)?.is_empty())
     }
 
@@ -1512,12 +1532,12 @@ impl Union {
 /// How a node's object is reached by calls that cannot use its `O_PATH` descriptor.
 enum ObjRef {
     /// A directory: its open descriptor.
-    Dir(Arc<OwnedFd>),
+    Dir(Arc<LayerFd>),
     /// A symlink: its name in its parent directory (in the object's layer).
-    Named(Arc<OwnedFd>, Vec<u8>),
+    Named(Arc<LayerFd>, Vec<u8>),
     /// Anything else: `/proc/self/fd/N` of its `O_PATH` descriptor, followed.
     #[allow(dead_code)] // the Arc keeps the descriptor open while its path is in use
-    Proc(Arc<OwnedFd>, CString),
+    Proc(Arc<LayerFd>, CString),
 }
 
 impl ObjRef {
@@ -1542,7 +1562,7 @@ fn set_perm(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> Result<(), Errno> {
 }
 
 /// `dirs` with the upper fd in front (after a copy-up of the directory).
-fn dirs_with_upper(dirs: &[(Loc, Arc<OwnedFd>)], upper: &Arc<OwnedFd>) -> Vec<(Loc, Arc<OwnedFd>)> {
+fn dirs_with_upper(dirs: &[(Loc, Arc<LayerFd>)], upper: &Arc<LayerFd>) -> Vec<(Loc, Arc<LayerFd>)> {
     let mut v = vec![(Loc::Upper, upper.clone())];
     v.extend(dirs.iter().filter(|(l, _)| *l != Loc::Upper).cloned());
     v
@@ -1576,15 +1596,23 @@ fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>, Errno> {
 
 /// Merges the listings of contributing layers: (name, type bits, device, inode) of the top
 /// object of each visible name.
-fn merge_dir(dirs: &[(Loc, Arc<OwnedFd>)]) -> Result<Vec<MergedEntry>, Errno> {
+fn merge_dir(dirs: &[(Loc, Arc<LayerFd>)]) -> Result<Vec<MergedEntry>, Errno> {
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut out = Vec::new();
     for (loc, fd) in dirs {
-        let dev = fstat(fd.as_fd())?.st_dev;
         let lower = matches!(loc, Loc::Lower(_));
-        let names = read_names(fd.as_fd())?;
+        // A lower directory's listing is read once per mount; an upper one each time.
+        let fresh;
+        let (dev, names): (u64, &[RawEntry]) = match if lower { fd.listing() } else { None } {
+            Some(l) => (l.dev, &l.entries),
+            None => {
+                fresh = read_names(fd.as_fd())?;
+                (fstat(fd.as_fd())?.st_dev, &fresh)
+            }
+        };
         let mut hidden_here: Vec<Vec<u8>> = Vec::new();
         for (name, t, ino) in names {
+            let (name, t, ino) = (name.clone(), *t, *ino);
             if lower && name.starts_with(format::OCI_WHITEOUT_PREFIX.as_bytes()) {
                 if let Some(target) = format::oci_whiteout_target(&name) {
                     hidden_here.push(target.to_vec());
