@@ -338,3 +338,39 @@ pub fn unmount(path: &std::path::Path) -> nix::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// `FS_IOC_GETFLAGS`: the inode flags of an open file (what `lsattr` shows).
+pub fn get_inode_flags(fd: impl AsFd) -> nix::Result<u32> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    Errno::result(r).map(|_| flags as u32)
+}
+
+/// `FS_IOC_SETFLAGS`: sets the inode flags of an open file (what `chattr` does).
+pub fn set_inode_flags(fd: impl AsFd, flags: u32) -> nix::Result<()> {
+    let flags = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
+    Errno::result(r).map(drop)
+}
+
+/// Size of `struct fsxattr` (`FS_IOC_FSGETXATTR`).
+pub const FSXATTR_SIZE: usize = 28;
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+
+/// `FS_IOC_FSGETXATTR`: the extended inode flags of an open file, as raw `struct fsxattr`.
+pub fn get_fsxattr(fd: impl AsFd) -> nix::Result<[u8; FSXATTR_SIZE]> {
+    let mut buf = [0u8; FSXATTR_SIZE];
+    // SAFETY: FS_IOC_FSGETXATTR writes a struct fsxattr (28 bytes) to the buffer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), FS_IOC_FSGETXATTR, buf.as_mut_ptr()) };
+    Errno::result(r).map(|_| buf)
+}
+
+/// `FS_IOC_FSSETXATTR`: sets the extended inode flags of an open file from raw `struct fsxattr`.
+pub fn set_fsxattr(fd: impl AsFd, value: &[u8; FSXATTR_SIZE]) -> nix::Result<()> {
+    // SAFETY: FS_IOC_FSSETXATTR reads a struct fsxattr (28 bytes) from the buffer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), FS_IOC_FSSETXATTR, value.as_ptr()) };
+    Errno::result(r).map(drop)
+}

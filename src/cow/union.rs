@@ -33,6 +33,8 @@ use crate::sys;
 
 /// An inode number of the merged view.
 pub type Ino = u64;
+/// The attribute the kernel reads before writes, to drop file capabilities.
+const CAPS_XATTR: &[u8] = b"security.capability";
 /// The root directory's inode number (as FUSE wants it).
 pub const ROOT_INO: Ino = 1;
 
@@ -105,6 +107,9 @@ struct Node {
     nlookup: u64,
     /// Removed from the view while still referenced (st_nlink reads 0).
     unlinked: bool,
+    /// Known to carry no `security.capability` (the kernel asks for it before every first
+    /// write to a file; created here, or asked once: every change of it goes through here).
+    no_caps: bool,
 }
 
 /// How a node's object is reached.
@@ -276,6 +281,7 @@ impl Union {
                 dirs,
                 nlookup: 1,
                 unlinked: false,
+                no_caps: false,
             },
         );
         Ok(u)
@@ -444,6 +450,7 @@ impl Union {
             dirs: Vec::new(),
             nlookup: 0,
             unlinked: false,
+            no_caps: false,
         });
         if ino != ROOT_INO {
             n.parent = parent;
@@ -832,7 +839,16 @@ impl Union {
         let p = self
             .probe(&dirs_with_upper(&dirs, &pfd), name)?
             .ok_or(Errno::EIO)?;
-        Ok(self.intern(parent, name, p, 1))
+        let a = self.intern(parent, name, p, 1);
+        self.set_no_caps(a.ino, true);
+        Ok(a)
+    }
+
+    fn set_no_caps(&self, ino: Ino, v: bool) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get_mut(&ino) {
+            n.no_caps = v;
+        }
     }
 
     /// `mkdir`.
@@ -1436,6 +1452,48 @@ impl Union {
         )
     }
 
+    /// A descriptor for the inode-flag ioctls of a regular file or directory (anything else
+    /// has no such flags here: ENOTTY, as for a device or fifo opened without its driver).
+    fn ioctl_fd(&self, ino: Ino) -> Result<Arc<LayerFd>, Errno> {
+        let (obj, mode) = self.with_node(ino, |n| Ok((n.obj.fd()?, n.mode)))?;
+        match fmt(mode) {
+            libc::S_IFDIR => Ok(obj),
+            libc::S_IFREG => Ok(Arc::new(LayerFd::new(nix::fcntl::open(
+                proc_path(&obj.as_raw_fd()).as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?))),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    /// The inode flags of an object (`FS_IOC_GETFLAGS`, what `lsattr` shows), from the layer
+    /// it lives in.
+    pub fn inode_flags(&self, ino: Ino) -> Result<u32, Errno> {
+        sys::get_inode_flags(self.ioctl_fd(ino)?.as_fd())
+    }
+
+    /// Sets the inode flags of an object (`FS_IOC_SETFLAGS`, `chattr`), copying it up first.
+    pub fn set_inode_flags(&self, ino: Ino, flags: u32) -> Result<(), Errno> {
+        self.upper()?;
+        let _w = lock(&self.write);
+        self.copy_up(ino)?;
+        sys::set_inode_flags(self.ioctl_fd(ino)?.as_fd(), flags)
+    }
+
+    /// The extended inode flags of an object (`FS_IOC_FSGETXATTR`), raw `struct fsxattr`.
+    pub fn fsxattr(&self, ino: Ino) -> Result<[u8; sys::FSXATTR_SIZE], Errno> {
+        sys::get_fsxattr(self.ioctl_fd(ino)?.as_fd())
+    }
+
+    /// Sets the extended inode flags of an object (`FS_IOC_FSSETXATTR`), copying it up first.
+    pub fn set_fsxattr(&self, ino: Ino, value: &[u8; sys::FSXATTR_SIZE]) -> Result<(), Errno> {
+        self.upper()?;
+        let _w = lock(&self.write);
+        self.copy_up(ino)?;
+        sys::set_fsxattr(self.ioctl_fd(ino)?.as_fd(), value)
+    }
+
     /// Whether an inode's data lives only in read-only layers (it can be cached for long).
     pub fn is_lower(&self, ino: Ino) -> bool {
         self.with_node(ino, |n| Ok(n.top != Loc::Upper))
@@ -1475,8 +1533,16 @@ impl Union {
         if format::is_private_xattr(key) {
             return Err(Errno::ENODATA);
         }
+        let caps = key == CAPS_XATTR;
+        if caps && self.with_node(ino, |n| Ok(n.no_caps))? {
+            return Err(Errno::ENODATA);
+        }
         let r = self.obj_ref(ino)?;
-        sys::xget(r.target(), os(key))?.ok_or(Errno::ENODATA)
+        let v = sys::xget(r.target(), os(key))?;
+        if caps && v.is_none() {
+            self.set_no_caps(ino, true);
+        }
+        v.ok_or(Errno::ENODATA)
     }
 
     /// Lists extended attributes (the overlay's own are hidden).
@@ -1498,6 +1564,9 @@ impl Union {
         {
             let _w = lock(&self.write);
             self.copy_up(ino)?;
+        }
+        if key == CAPS_XATTR {
+            self.set_no_caps(ino, false);
         }
         let r = self.obj_ref(ino)?;
         sys::xset(r.target(), os(key), value, flags)

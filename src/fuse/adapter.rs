@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::errno::Errno;
@@ -748,6 +748,54 @@ impl Filesystem for FuseFs {
             reply,
             self.union.setxattr(ino.0, name.as_bytes(), value, flags),
         )
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // The inode-flag ioctls (lsattr/chattr, and the kernel's own fileattr calls) reach the
+        // object in its layer; anything else (a terminal's TCGETS, say) is not for a file
+        // here: ENOTTY, quietly, since programs ask it of every file they open.
+        const GETFLAGS: u32 = libc::FS_IOC_GETFLAGS as u32;
+        const SETFLAGS: u32 = libc::FS_IOC_SETFLAGS as u32;
+        const GETFLAGS32: u32 = 0x8004_6601;
+        const SETFLAGS32: u32 = 0x4004_6602;
+        const FSGETXATTR: u32 = 0x801c_581f;
+        const FSSETXATTR: u32 = 0x401c_5820;
+        let word = |d: &[u8]| -> Option<u32> { Some(u32::from_ne_bytes(d.get(..4)?.try_into().ok()?)) };
+        let out = |v: &[u8]| v[..v.len().min(out_size as usize)].to_vec();
+        let r = match cmd {
+            GETFLAGS | GETFLAGS32 => self
+                .union
+                .inode_flags(ino.0)
+                .map(|f| out(&f.to_ne_bytes())),
+            SETFLAGS | SETFLAGS32 => match word(in_data) {
+                Some(f) => self.union.set_inode_flags(ino.0, f).map(|_| Vec::new()),
+                None => Err(Errno::EINVAL),
+            },
+            FSGETXATTR => self.union.fsxattr(ino.0).map(|v| out(&v)),
+            FSSETXATTR => match in_data.get(..crate::sys::FSXATTR_SIZE) {
+                Some(d) => {
+                    let mut v = [0u8; crate::sys::FSXATTR_SIZE];
+                    v.copy_from_slice(d);
+                    self.union.set_fsxattr(ino.0, &v).map(|_| Vec::new())
+                }
+                None => Err(Errno::EINVAL),
+            },
+            _ => Err(Errno::ENOTTY),
+        };
+        match r {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
