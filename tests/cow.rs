@@ -67,6 +67,7 @@ impl Fx {
             upper: Some(self.upper.clone()),
             work: Some(self.work.clone()),
             volatile: false,
+            metacopy: false,
         })
         .expect("open union")
     }

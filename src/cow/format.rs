@@ -24,6 +24,13 @@ pub const TRUSTED_OPAQUE: &str = "trusted.overlay.opaque";
 /// The kernel's opaque attribute in the user namespace (`userxattr` mounts).
 pub const USER_OPAQUE: &str = "user.overlay.opaque";
 
+/// The kernel's metacopy marks (a copied-up file whose data is still in a lower layer).
+pub const TRUSTED_METACOPY: &str = "trusted.overlay.metacopy";
+pub const USER_METACOPY: &str = "user.overlay.metacopy";
+/// Where a renamed metacopy file's data lives in the lower layers (kernel `redirect_dir`).
+pub const TRUSTED_REDIRECT: &str = "trusted.overlay.redirect";
+pub const USER_REDIRECT: &str = "user.overlay.redirect";
+
 /// Which xattr namespace the overlay's private attributes are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum XattrNs {
@@ -48,6 +55,14 @@ impl XattrNs {
         match self {
             XattrNs::Trusted => TRUSTED_OPAQUE,
             XattrNs::User => USER_OPAQUE,
+        }
+    }
+
+    /// The name of the metacopy attribute in this namespace.
+    pub fn metacopy_key(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => TRUSTED_METACOPY,
+            XattrNs::User => USER_METACOPY,
         }
     }
 
@@ -136,6 +151,26 @@ pub fn dir_is_opaque_with(fd: impl AsFd, marker: Option<bool>) -> nix::Result<bo
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `name` in `dir` is a metacopy file (metadata copied up, data still below), and the
+/// redirect to its data's path when it has one (`None` inside: the same path below).
+pub fn metacopy_at(dir: impl AsFd, name: &[u8]) -> nix::Result<Option<Option<Vec<u8>>>> {
+    let dir = dir.as_fd();
+    let name = OsStr::from_bytes(name);
+    let read = |key: &str| match sys::lgetxattr_at(dir, name, OsStr::new(key)) {
+        Ok(v) => Ok(v),
+        Err(Errno::ENOTSUP) | Err(Errno::EPERM) | Err(Errno::EACCES) => Ok(None),
+        Err(e) => Err(e),
+    };
+    if read(TRUSTED_METACOPY)?.is_none() && read(USER_METACOPY)?.is_none() {
+        return Ok(None);
+    }
+    let redirect = match read(TRUSTED_REDIRECT)? {
+        Some(r) => Some(r),
+        None => read(USER_REDIRECT)?,
+    };
+    Ok(Some(redirect))
 }
 
 /// Whether `name` is a reserved OCI name (a whiteout or the opaque marker) that never shows in a

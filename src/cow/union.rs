@@ -12,7 +12,7 @@
 //! first seen) and kept for the life of the union, also across copy-up and rename.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,12 @@ pub struct UnionSpec {
     pub work: Option<PathBuf>,
     /// Skip the fsync of copied-up files (`volatile`).
     pub volatile: bool,
+    /// Metadata-only copy-up (`metacopy=on`): a change of owner, mode, times, xattrs or
+    /// inode flags of a lower file copies up its metadata only, marked with the kernel's
+    /// `overlay.metacopy` attribute, and its data stays in the lower layer until it is
+    /// opened for writing or truncated. Kernel overlayfs reads such an upper with
+    /// `-o metacopy=on`.
+    pub metacopy: bool,
 }
 
 /// Attributes of an object of the view: its real `stat` with the view's inode number.
@@ -107,6 +113,8 @@ struct Node {
     nlookup: u64,
     /// Removed from the view while still referenced (st_nlink reads 0).
     unlinked: bool,
+    /// For a metacopy file (metadata in the upper layer): where its data is.
+    data: Option<Obj>,
     /// Known to carry no `security.capability` (the kernel asks for it before every first
     /// write to a file; created here, or asked once: every change of it goes through here).
     no_caps: bool,
@@ -122,6 +130,16 @@ enum Obj {
 }
 
 impl Obj {
+    /// `lstat` of the object.
+    fn stat(&self) -> Result<FileStat, Errno> {
+        match self {
+            Obj::Fd(fd) => fstat(fd.as_fd()),
+            Obj::At(dir, name) => {
+                nix::sys::stat::fstatat(dir.as_fd(), os(name), AtFlags::AT_SYMLINK_NOFOLLOW)
+            }
+        }
+    }
+
     /// An `O_PATH` (or, for directories, open) descriptor of the object.
     fn fd(&self) -> Result<Arc<LayerFd>, Errno> {
         match self {
@@ -143,6 +161,8 @@ struct Probe {
     st: FileStat,
     obj: Obj,
     dirs: Vec<(Loc, Arc<LayerFd>)>,
+    /// For a metacopy file: where its data is.
+    data: Option<Obj>,
 }
 
 /// A lower hard link's name: (parent, name, device, inode of the lower object).
@@ -153,6 +173,7 @@ pub struct Union {
     lowers: Vec<OwnedFd>,
     upper: Option<Upper>,
     volatile: bool,
+    metacopy: bool,
     nodes: RwLock<HashMap<Ino, Node>>,
     origins: Mutex<HashMap<(u64, u64), Ino>>,
     /// Inode numbers of lower hard links in a writable union, per name: (parent, name,
@@ -234,6 +255,7 @@ impl Union {
             lowers,
             upper,
             volatile: spec.volatile,
+            metacopy: spec.metacopy,
             nodes: RwLock::new(HashMap::new()),
             origins: Mutex::new(HashMap::new()),
             lower_links: Mutex::new(HashMap::new()),
@@ -281,6 +303,7 @@ impl Union {
                 dirs,
                 nlookup: 1,
                 unlinked: false,
+                data: None,
                 no_caps: false,
             },
         );
@@ -406,6 +429,7 @@ impl Union {
                             st,
                             obj: Obj::Fd(fd.clone()),
                             dirs: vec![(*loc, fd)],
+                            data: None,
                         })
                     }
                     Some(p) if is_dir(p.st.st_mode) => p.dirs.push((*loc, fd)),
@@ -416,17 +440,111 @@ impl Union {
                 }
             } else {
                 if res.is_none() {
+                    let data = if *loc == Loc::Upper && self.may_be_metacopy(&st) {
+                        self.metacopy_data(dfd, name, dirs)?
+                    } else {
+                        None
+                    };
+                    let mut st = st;
+                    if let Some(d) = &data {
+                        // A metacopy file's blocks are its lower data's (as the kernel says).
+                        st.st_blocks = d.stat()?.st_blocks;
+                    }
                     res = Some(Probe {
                         top: *loc,
                         st,
                         obj: Obj::At(dfd.clone(), name.to_vec()),
                         dirs: Vec::new(),
+                        data,
                     });
                 }
                 break;
             }
         }
         Ok(res)
+    }
+
+    /// Whether an upper file may be a metacopy file (worth reading its attributes): only on a
+    /// `metacopy=on` union (as the kernel, which refuses such files otherwise), and only a
+    /// file with fewer blocks than its size (a metacopy file has no data of its own; one
+    /// block is allowed for attributes stored outside the inode).
+    fn may_be_metacopy(&self, st: &FileStat) -> bool {
+        self.metacopy
+            && fmt(st.st_mode) == libc::S_IFREG
+            && st.st_size > 0
+            && st.st_blocks.saturating_mul(512) < st.st_size.saturating_add(4096)
+    }
+
+    /// For an upper file `name` of a directory whose layers are `dirs`: if it is a metacopy
+    /// file, the lower file that holds its data (at the same name below, or where its
+    /// redirect points).
+    fn metacopy_data(
+        &self,
+        upper_dir: &Arc<LayerFd>,
+        name: &[u8],
+        dirs: &[(Loc, Arc<LayerFd>)],
+    ) -> Result<Option<Obj>, Errno> {
+        let Some(redirect) = format::metacopy_at(upper_dir.as_fd(), name)? else {
+            return Ok(None);
+        };
+        let found = match redirect.as_deref() {
+            Some(path) if path.starts_with(b"/") => self.lower_file_at_path(path)?,
+            other => {
+                let target = other.unwrap_or(name);
+                check_name(target)?;
+                let lowers: Vec<_> = dirs
+                    .iter()
+                    .filter(|(l, _)| Self::layer_is_lower(*l))
+                    .cloned()
+                    .collect();
+                match self.probe(&lowers, target)? {
+                    Some(p) if fmt(p.st.st_mode) == libc::S_IFREG => Some(p.obj),
+                    _ => None,
+                }
+            }
+        };
+        if found.is_none() {
+            log::warn!(
+                "{}: metacopy file without its lower data; shown as it is in the upper layer",
+                String::from_utf8_lossy(name)
+            );
+        }
+        Ok(found)
+    }
+
+    /// The regular file at absolute path `path` in the topmost lower layer that has one (for
+    /// a kernel redirect), walked one component at a time inside each layer.
+    fn lower_file_at_path(&self, path: &[u8]) -> Result<Option<Obj>, Errno> {
+        let comps: Vec<&[u8]> = path
+            .split(|c| *c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let Some((last, parents)) = comps.split_last() else {
+            return Ok(None);
+        };
+        for c in &comps {
+            check_name(c)?;
+        }
+        'layers: for l in &self.lowers {
+            let mut cur = l.try_clone().map_err(|_| Errno::EMFILE)?;
+            for c in parents {
+                match open_dir(cur.as_fd(), c) {
+                    Ok(d) => cur = d,
+                    Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => {
+                        continue 'layers;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match stat_at(cur.as_fd(), last)? {
+                Some(st) if fmt(st.st_mode) == libc::S_IFREG => {
+                    return Ok(Some(Obj::At(Arc::new(LayerFd::new(cur)), last.to_vec())));
+                }
+                Some(_) => return Ok(None),
+                None => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Records a probed object as a node (adding `lookups` to its count); returns its attrs.
@@ -450,6 +568,7 @@ impl Union {
             dirs: Vec::new(),
             nlookup: 0,
             unlinked: false,
+            data: None,
             no_caps: false,
         });
         if ino != ROOT_INO {
@@ -460,6 +579,7 @@ impl Union {
         n.top = p.top;
         n.obj = p.obj;
         n.dirs = p.dirs;
+        n.data = p.data;
         n.unlinked = false;
         n.nlookup += lookups;
         Attr { ino, st: p.st }
@@ -504,21 +624,23 @@ impl Union {
             // and their getattr comes with a file handle (getattr_fd).
             return Err(Errno::ENOENT);
         }
-        let st = match &obj {
-            Obj::Fd(fd) => fstat(fd.as_fd())?,
-            Obj::At(dir, name) => {
-                nix::sys::stat::fstatat(dir.as_fd(), os(name), AtFlags::AT_SYMLINK_NOFOLLOW)?
-            }
-        };
-        let mut st = st;
+        let mut st = obj.stat()?;
         if unlinked && Self::layer_is_lower(top) {
             st.st_nlink = 0;
+        }
+        if let Some(data) = self.with_node(ino, |n| Ok(n.data.clone()))? {
+            // A metacopy file's blocks are its lower data's (as the kernel reports them).
+            st.st_blocks = data.stat()?.st_blocks;
         }
         Ok(Attr { ino, st })
     }
 
     /// Attributes through an open file (for `fstat` of an open, maybe unlinked, file).
     pub fn getattr_fd(&self, ino: Ino, fd: BorrowedFd<'_>) -> Result<Attr, Errno> {
+        if self.with_node(ino, |n| Ok(n.data.is_some()))? {
+            // The open file is the lower data; the attributes are the upper file's.
+            return self.getattr(ino);
+        }
         let mut st = fstat(fd)?;
         let lower_unlinked = self
             .with_node(ino, |n| Ok(n.unlinked && Self::layer_is_lower(n.top)))
@@ -550,15 +672,38 @@ impl Union {
         })
     }
 
-    /// Copies an object up to the upper layer (parents first). Must hold the write lock.
+    /// Copies an object up to the upper layer (parents first), with its data. Must hold the
+    /// write lock.
     fn copy_up(&self, ino: Ino) -> Result<(), Errno> {
+        self.copy_up_with(ino, false)
+    }
+
+    /// Copies an object up for a change of its metadata: on a `metacopy=on` union, a regular
+    /// file's data stays below. Must hold the write lock.
+    fn copy_up_meta(&self, ino: Ino) -> Result<(), Errno> {
+        self.copy_up_with(ino, self.metacopy)
+    }
+
+    fn copy_up_with(&self, ino: Ino, meta_only: bool) -> Result<(), Errno> {
         let up = self.upper()?;
-        let (parent, name, mode, top, obj) = self.with_node(ino, |n| {
-            Ok((n.parent, n.name.clone(), n.mode, n.top, n.obj.fd()?))
+        let (parent, name, mode, top, obj, old_obj, has_data) = self.with_node(ino, |n| {
+            Ok((
+                n.parent,
+                n.name.clone(),
+                n.mode,
+                n.top,
+                n.obj.fd()?,
+                n.obj.clone(),
+                n.data.is_some(),
+            ))
         })?;
         if top == Loc::Upper {
+            if has_data && !meta_only {
+                return self.copy_up_data(ino);
+            }
             return Ok(());
         }
+        let meta_only = meta_only && fmt(mode) == libc::S_IFREG;
         if ino == ROOT_INO {
             return Err(Errno::EIO); // the root always has an upper when there is one
         }
@@ -571,6 +716,16 @@ impl Union {
             match fmt(mode) {
                 libc::S_IFDIR => {
                     mkdirat(work, os(&tmp), Mode::from_bits_truncate(0o700))?;
+                }
+                libc::S_IFREG if meta_only => {
+                    let dst = openat(
+                        work,
+                        os(&tmp),
+                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    )?;
+                    nix::unistd::ftruncate(dst.as_fd(), st.st_size)?;
+                    sys::fsetxattr(dst.as_fd(), OsStr::new(up.ns.metacopy_key()), b"")?;
                 }
                 libc::S_IFREG => {
                     let src = nix::fcntl::open(
@@ -635,12 +790,61 @@ impl Union {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(&ino) {
             n.top = Loc::Upper;
+            n.data = meta_only.then_some(old_obj);
             if is_dir(mode) {
                 n.obj = Obj::Fd(new_obj.clone());
                 n.dirs.insert(0, (Loc::Upper, new_obj));
             } else {
                 n.obj = Obj::At(new_obj, name.clone());
             }
+        }
+        Ok(())
+    }
+
+    /// Brings the data of a metacopy file up into its upper file (for a write), then drops
+    /// the mark: until then a crash leaves the mark, and the data is still read from below.
+    /// Must hold the write lock.
+    fn copy_up_data(&self, ino: Ino) -> Result<(), Errno> {
+        let up = self.upper()?;
+        let (obj, data) = self.with_node(ino, |n| Ok((n.obj.fd()?, n.data.clone())))?;
+        let Some(data) = data else { return Ok(()) };
+        let lower = data.fd()?;
+        let src = nix::fcntl::open(
+            proc_path(&lower.as_raw_fd()).as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dst = nix::fcntl::open(
+            proc_path(&obj.as_raw_fd()).as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = fstat(dst.as_fd())?;
+        copy_data(&src, &dst, st.st_size as u64)?;
+        // Writing the data is not a change of the file: its times stay.
+        nix::sys::stat::futimens(
+            dst.as_fd(),
+            &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+            &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        )?;
+        if !self.volatile {
+            nix::unistd::fsync(dst.as_fd())?;
+        }
+        for key in [
+            format::TRUSTED_METACOPY,
+            format::USER_METACOPY,
+            format::TRUSTED_REDIRECT,
+            format::USER_REDIRECT,
+        ] {
+            match sys::xremove(sys::XTarget::Fd(dst.as_fd()), OsStr::new(key)) {
+                Ok(()) | Err(Errno::ENODATA) | Err(Errno::ENOTSUP) => {}
+                Err(Errno::EPERM) if key.starts_with("trusted.") && up.ns == XattrNs::User => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get_mut(&ino) {
+            n.data = None;
         }
         Ok(())
     }
@@ -1334,7 +1538,11 @@ impl Union {
         self.upper()?;
         {
             let _w = lock(&self.write);
-            self.copy_up(ino)?;
+            if s.size.is_some() {
+                self.copy_up(ino)?;
+            } else {
+                self.copy_up_meta(ino)?;
+            }
         }
         let r = self.obj_ref(ino)?;
         let owner = (s.uid.map(Uid::from_raw), s.gid.map(Gid::from_raw));
@@ -1437,13 +1645,14 @@ impl Union {
     pub fn open(&self, ino: Ino, flags: i32) -> Result<OwnedFd, Errno> {
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let top = self.with_node(ino, |n| Ok(n.top))?;
-        if writes && top != Loc::Upper {
+        let (top, metacopy) = self.with_node(ino, |n| Ok((n.top, n.data.is_some())))?;
+        if writes && (top != Loc::Upper || metacopy) {
             self.upper()?;
             let _w = lock(&self.write);
             self.copy_up(ino)?;
         }
-        let obj = self.with_node(ino, |n| n.obj.fd())?;
+        // A metacopy file's data is read from below.
+        let obj = self.with_node(ino, |n| n.data.as_ref().unwrap_or(&n.obj).fd())?;
         let keep = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         nix::fcntl::open(
             proc_path(&obj.as_raw_fd()).as_c_str(),
@@ -1477,7 +1686,7 @@ impl Union {
     pub fn set_inode_flags(&self, ino: Ino, flags: u32) -> Result<(), Errno> {
         self.upper()?;
         let _w = lock(&self.write);
-        self.copy_up(ino)?;
+        self.copy_up_meta(ino)?;
         sys::set_inode_flags(self.ioctl_fd(ino)?.as_fd(), flags)
     }
 
@@ -1490,7 +1699,7 @@ impl Union {
     pub fn set_fsxattr(&self, ino: Ino, value: &[u8; sys::FSXATTR_SIZE]) -> Result<(), Errno> {
         self.upper()?;
         let _w = lock(&self.write);
-        self.copy_up(ino)?;
+        self.copy_up_meta(ino)?;
         sys::set_fsxattr(self.ioctl_fd(ino)?.as_fd(), value)
     }
 
@@ -1563,7 +1772,7 @@ impl Union {
         self.upper()?;
         {
             let _w = lock(&self.write);
-            self.copy_up(ino)?;
+            self.copy_up_meta(ino)?;
         }
         if key == CAPS_XATTR {
             self.set_no_caps(ino, false);
@@ -1583,7 +1792,7 @@ impl Union {
         }
         {
             let _w = lock(&self.write);
-            self.copy_up(ino)?;
+            self.copy_up_meta(ino)?;
         }
         let r = self.obj_ref(ino)?;
         sys::xremove(r.target(), os(key))

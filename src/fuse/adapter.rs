@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
@@ -770,13 +770,11 @@ impl Filesystem for FuseFs {
         const SETFLAGS32: u32 = 0x4004_6602;
         const FSGETXATTR: u32 = 0x801c_581f;
         const FSSETXATTR: u32 = 0x401c_5820;
-        let word = |d: &[u8]| -> Option<u32> { Some(u32::from_ne_bytes(d.get(..4)?.try_into().ok()?)) };
+        let word =
+            |d: &[u8]| -> Option<u32> { Some(u32::from_ne_bytes(d.get(..4)?.try_into().ok()?)) };
         let out = |v: &[u8]| v[..v.len().min(out_size as usize)].to_vec();
         let r = match cmd {
-            GETFLAGS | GETFLAGS32 => self
-                .union
-                .inode_flags(ino.0)
-                .map(|f| out(&f.to_ne_bytes())),
+            GETFLAGS | GETFLAGS32 => self.union.inode_flags(ino.0).map(|f| out(&f.to_ne_bytes())),
             SETFLAGS | SETFLAGS32 => match word(in_data) {
                 Some(f) => self.union.set_inode_flags(ino.0, f).map(|_| Vec::new()),
                 None => Err(Errno::EINVAL),

@@ -72,7 +72,6 @@ const GENERIC: &[&str] = &[
 const OVERLAY_TUNING: &[&str] = &[
     "index",
     "redirect_dir",
-    "metacopy",
     "xino",
     "nfs_export",
     "userxattr",
@@ -142,6 +141,11 @@ pub fn parse(opts: &[String]) -> Result<OverlayOptions, String> {
                 ("upperdir", Some(v)) => o.spec.upper = Some(PathBuf::from(v)),
                 ("workdir", Some(v)) => o.spec.work = Some(PathBuf::from(v)),
                 ("volatile", None) => o.spec.volatile = true,
+                ("metacopy", Some("on")) => o.spec.metacopy = true,
+                ("metacopy", Some("off")) => o.spec.metacopy = false,
+                ("metacopy", _) => {
+                    return Err(format!("metacopy takes on or off, not {opt:?}"));
+                }
                 ("ro", None) => o.read_only = true,
                 ("remount", None) => o.remount = true,
                 ("fsname", Some(v)) => o.fsname = Some(v.to_string()),
