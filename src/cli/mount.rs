@@ -19,8 +19,8 @@ pub struct OverlayArgs {
     /// Stay in the foreground
     #[arg(short, long)]
     pub foreground: bool,
-    /// Request threads
-    #[arg(long, default_value = "2")]
+    /// Request threads (0: one with FUSE passthrough, two without)
+    #[arg(long, default_value = "0")]
     pub threads: usize,
     /// [SOURCE] MOUNTPOINT (a source, as mount(8) passes it, is ignored)
     #[arg(required = true, num_args = 1..=2, value_name = "MOUNTPOINT")]

@@ -390,13 +390,14 @@ impl Union {
                 (wh.len() <= 255).then_some(wh)
             };
             // A lower directory's listing answers for names it does not hold.
-            if lower && let Some(listing) = dfd.listing() {
-                if !listing.has(name) {
-                    if oci_whiteout().is_some_and(|wh| listing.has(&wh)) {
-                        break; // an OCI whiteout hides the name below
-                    }
-                    continue;
+            if lower
+                && let Some(listing) = dfd.listing()
+                && !listing.has(name)
+            {
+                if oci_whiteout().is_some_and(|wh| listing.has(&wh)) {
+                    break; // an OCI whiteout hides the name below
                 }
+                continue;
             }
             let st = match stat_at(dfd.as_fd(), name)? {
                 Some(st) => st,
@@ -1701,6 +1702,25 @@ impl Union {
         let _w = lock(&self.write);
         self.copy_up_meta(ino)?;
         sys::set_fsxattr(self.ioctl_fd(ino)?.as_fd(), value)
+    }
+
+    /// `fsync` of a directory: its upper directory's entries reach the disk (a directory
+    /// only in lower layers has nothing of this mount to sync).
+    pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> Result<(), Errno> {
+        match self.upper_fd_of(ino) {
+            Some(fd) if datasync => nix::unistd::fdatasync(fd.as_fd()),
+            Some(fd) => nix::unistd::fsync(fd.as_fd()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a change of an inode (or a write open) would copy something up first: it lives
+    /// in a lower layer, or is a metacopy file whose data is still below.
+    pub fn needs_copy_up(&self, ino: Ino) -> bool {
+        self.upper.is_some()
+            && self
+                .with_node(ino, |n| Ok(n.top != Loc::Upper || n.data.is_some()))
+                .unwrap_or(false)
     }
 
     /// Whether an inode's data lives only in read-only layers (it can be cached for long).

@@ -20,6 +20,7 @@ use fuser::{
 use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
 
+use super::pool::Pool;
 use crate::cow::{Attr, Caller, DirEntry, Ino, SetAttr, Union};
 
 /// How long the kernel may trust entries and attributes. Every change goes through this
@@ -39,8 +40,20 @@ struct Handle {
 /// A shared backing file and the (device, inode) of the real file it stands for.
 type Backing = (Weak<BackingId>, (u64, u64));
 
-/// The FUSE side of a mount.
-pub struct FuseFs {
+/// The FUSE side of a mount: a cheap handle on its state, which requests handed to the
+/// worker threads take along.
+#[derive(Clone)]
+pub struct FuseFs(Arc<Inner>);
+
+impl std::ops::Deref for FuseFs {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The state of a mount's FUSE side.
+pub struct Inner {
     union: Arc<Union>,
     files: RwLock<HashMap<u64, Handle>>,
     /// The listing being read of each directory (merged once at offset 0, then served by
@@ -53,6 +66,8 @@ pub struct FuseFs {
     /// One backing file per inode at a time (a kernel rule): shared by its open handles, and
     /// known by the (device, inode) of the real file it stands for.
     backing: Mutex<HashMap<Ino, Backing>>,
+    /// Workers for the requests that may take long.
+    pool: Pool,
 }
 
 /// Replies to a request that answers nothing but success or an errno.
@@ -131,7 +146,8 @@ fn caller(req: &Request) -> Caller {
 impl FuseFs {
     /// An adapter for `union`; `passthrough` asks for FUSE passthrough (needs CAP_SYS_ADMIN).
     pub fn new(union: Arc<Union>, passthrough: bool) -> FuseFs {
-        FuseFs {
+        FuseFs(Arc::new(Inner {
+            pool: Pool::new(WORKERS),
             union,
             files: RwLock::new(HashMap::new()),
             listings: RwLock::new(HashMap::new()),
@@ -139,9 +155,14 @@ impl FuseFs {
             passthrough: AtomicBool::new(false),
             want_passthrough: passthrough,
             backing: Mutex::new(HashMap::new()),
-        }
+        }))
     }
+}
 
+/// Worker threads for the requests that may take long.
+const WORKERS: usize = 2;
+
+impl Inner {
     fn ttl(&self, ino: Ino) -> Duration {
         if self.union.is_lower(ino) {
             TTL_LOWER
@@ -292,14 +313,9 @@ impl Filesystem for FuseFs {
             atime: time_of(atime),
             mtime: time_of(mtime),
         };
-        let fd = fh.and_then(|fh| self.fd_of(fh));
-        match self
-            .union
-            .setattr(ino.0, &s, fd.as_ref().map(|f| f.as_fd()))
-        {
-            Ok(a) => reply.attr(&self.ttl(ino.0), &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let me = self.clone();
+        let work = move || me.setattr_now(ino, s, fh, reply);
+        self.maybe_later(self.union.needs_copy_up(ino.0), work);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -400,41 +416,16 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.union.link(ino.0, newparent.0, newname.as_bytes());
-        self.entry_or_error(reply, r);
+        let (me, newname) = (self.clone(), newname.to_owned());
+        let work = move || me.link_now(ino, newparent, &newname, reply);
+        self.maybe_later(self.union.needs_copy_up(ino.0), work);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fd = match self.union.open(ino.0, flags.0) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => return reply.error(errno(e)),
-        };
-        let lower = self.union.is_lower(ino.0);
-        let cache = if lower {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        let fh = self.new_fh();
-        let backing = self.backing_for(ino.0, &fd, || reply.open_backing(fd.as_fd()));
-        let passthrough = backing.is_some();
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                Handle {
-                    fd,
-                    _backing: backing.clone(),
-                },
-            );
-        match backing {
-            // FOPEN_KEEP_CACHE with passthrough makes every read fail with EIO (seen on 6.18).
-            Some(b) if passthrough => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
-            }
-            _ => reply.opened(FileHandle(fh), cache),
-        }
+        let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let me = self.clone();
+        let work = move || me.open_now(ino, flags, reply);
+        self.maybe_later(writes && self.union.needs_copy_up(ino.0), work);
     }
 
     fn create(
@@ -574,23 +565,14 @@ impl Filesystem for FuseFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(fd) = self.fd_of(fh) else {
-            return reply.error(errno(Errno::EBADF));
-        };
-        let r = if datasync {
-            nix::unistd::fdatasync(fd.as_fd())
-        } else {
-            nix::unistd::fsync(fd.as_fd())
-        };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        let me = self.clone();
+        self.pool
+            .run(move || me.fsync_now(ino, fh, datasync, reply));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -710,12 +692,14 @@ impl Filesystem for FuseFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let me = self.clone();
+        self.pool
+            .run(move || me.fsyncdir_now(ino, fh, datasync, reply));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -741,13 +725,12 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
-        done(
-            reply,
-            self.union.setxattr(ino.0, name.as_bytes(), value, flags),
-        )
+        let (me, name, value) = (self.clone(), name.to_owned(), value.to_vec());
+        let work = move || me.setxattr_now(ino, &name, &value, flags, position, reply);
+        self.maybe_later(self.union.needs_copy_up(ino.0), work);
     }
 
     fn ioctl(
@@ -826,32 +809,24 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        done(reply, self.union.removexattr(ino.0, name.as_bytes()))
+        let (me, name) = (self.clone(), name.to_owned());
+        let work = move || me.removexattr_now(ino, &name, reply);
+        self.maybe_later(self.union.needs_copy_up(ino.0), work);
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(fd) = self.fd_of(fh) else {
-            return reply.error(errno(Errno::EBADF));
-        };
-        let r = nix::fcntl::fallocate(
-            fd.as_fd(),
-            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
-            offset as i64,
-            length as i64,
-        );
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        let me = self.clone();
+        self.pool
+            .run(move || me.fallocate_now(ino, fh, offset, length, mode, reply));
     }
 
     fn lseek(
@@ -892,21 +867,10 @@ impl Filesystem for FuseFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let (Some(i), Some(o)) = (self.fd_of(fh_in), self.fd_of(fh_out)) else {
-            return reply.error(errno(Errno::EBADF));
-        };
-        let mut oi = offset_in as i64;
-        let mut oo = offset_out as i64;
-        match nix::fcntl::copy_file_range(
-            i.as_fd(),
-            Some(&mut oi),
-            o.as_fd(),
-            Some(&mut oo),
-            len as usize,
-        ) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        let me = self.clone();
+        self.pool.run(move || {
+            me.copy_file_range_now((fh_in, offset_in), (fh_out, offset_out), len, reply)
+        });
     }
 }
 
@@ -947,6 +911,154 @@ impl FuseFs {
                 let ttl = self.ttl(a.ino);
                 reply.entry(&ttl, &file_attr(&a), Generation(0));
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// The requests that may take long, run here or on a worker (see the dispatch above).
+impl FuseFs {
+    /// Runs `work` on a worker when `slow`, else right here.
+    fn maybe_later(&self, slow: bool, work: impl FnOnce() + Send + 'static) {
+        if slow {
+            self.pool.run(work);
+        } else {
+            work();
+        }
+    }
+
+    fn setattr_now(&self, ino: INodeNo, s: SetAttr, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fd = fh.and_then(|fh| self.fd_of(fh));
+        match self
+            .union
+            .setattr(ino.0, &s, fd.as_ref().map(|f| f.as_fd()))
+        {
+            Ok(a) => reply.attr(&self.ttl(ino.0), &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link_now(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.union.link(ino.0, newparent.0, newname.as_bytes());
+        self.entry_or_error(reply, r);
+    }
+
+    fn open_now(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fd = match self.union.open(ino.0, flags.0) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return reply.error(errno(e)),
+        };
+        let lower = self.union.is_lower(ino.0);
+        let cache = if lower {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.new_fh();
+        let backing = self.backing_for(ino.0, &fd, || reply.open_backing(fd.as_fd()));
+        let passthrough = backing.is_some();
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle {
+                    fd,
+                    _backing: backing.clone(),
+                },
+            );
+        match backing {
+            // FOPEN_KEEP_CACHE with passthrough makes every read fail with EIO (seen on 6.18).
+            Some(b) if passthrough => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            _ => reply.opened(FileHandle(fh), cache),
+        }
+    }
+
+    fn fsync_now(&self, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let r = if datasync {
+            nix::unistd::fdatasync(fd.as_fd())
+        } else {
+            nix::unistd::fsync(fd.as_fd())
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsyncdir_now(&self, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        done(reply, self.union.fsyncdir(ino.0, datasync));
+    }
+
+    fn setxattr_now(
+        &self,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        done(
+            reply,
+            self.union.setxattr(ino.0, name.as_bytes(), value, flags),
+        )
+    }
+
+    fn removexattr_now(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        done(reply, self.union.removexattr(ino.0, name.as_bytes()))
+    }
+
+    fn fallocate_now(
+        &self,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.fd_of(fh) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let r = nix::fcntl::fallocate(
+            fd.as_fd(),
+            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+            offset as i64,
+            length as i64,
+        );
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Copies `len` bytes from (handle, offset) `from` to `to`.
+    fn copy_file_range_now(
+        &self,
+        (fh_in, offset_in): (FileHandle, u64),
+        (fh_out, offset_out): (FileHandle, u64),
+        len: u64,
+        reply: ReplyWrite,
+    ) {
+        let (Some(i), Some(o)) = (self.fd_of(fh_in), self.fd_of(fh_out)) else {
+            return reply.error(errno(Errno::EBADF));
+        };
+        let mut oi = offset_in as i64;
+        let mut oo = offset_out as i64;
+        match nix::fcntl::copy_file_range(
+            i.as_fd(),
+            Some(&mut oi),
+            o.as_fd(),
+            Some(&mut oo),
+            len as usize,
+        ) {
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
     }

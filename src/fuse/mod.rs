@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod options;
+pub mod pool;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ pub use adapter::FuseFs;
 pub struct MountOptions {
     /// The name shown as the mount's source (`mount` and /proc/mounts).
     pub fsname: String,
-    /// Request threads.
+    /// Request threads; 0 chooses: one when file data goes by passthrough (then a second
+    /// thread mostly adds wake-up latency: every request tends to land on the idle one), two
+    /// otherwise (reads and writes come here). Slow requests go to worker threads anyway.
     pub threads: usize,
     /// Use FUSE passthrough for file data when allowed.
     pub passthrough: bool,
@@ -30,7 +33,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             fsname: "strata".into(),
-            threads: 2,
+            threads: 0,
             passthrough: crate::sys::has_capability(crate::sys::CAP_SYS_ADMIN)
                 && std::env::var_os("STRATA_NO_PASSTHROUGH").is_none(),
             dev_suid: crate::sys::euid() == 0,
@@ -63,8 +66,13 @@ pub fn mount(
         cfg.mount_options.push(MountOption::Suid);
     }
     cfg.acl = SessionACL::All;
-    cfg.n_threads = Some(opts.threads.max(1));
-    cfg.clone_fd = opts.threads > 1;
+    let threads = match opts.threads {
+        0 if opts.passthrough => 1,
+        0 => 2,
+        n => n,
+    };
+    cfg.n_threads = Some(threads);
+    cfg.clone_fd = threads > 1;
     crate::sys::raise_nofile_limit();
     clear_stale(mountpoint);
     Session::new(fs, mountpoint, &cfg)
