@@ -15,6 +15,7 @@ PACKAGES=(
   zstd skopeo umoci buildah jq curl python3 # test fixtures (shared/fixtures)
   docker-registry apache2-utils             # local test registry, htpasswd
   attr acl fuse3 e2fsprogs                  # xattrs, ACLs, fusermount3, mkfs.ext4 for tests
+  libcap2-bin                               # setcap/getcap (tests/fuse_features.rs)
   hyperfine fio debootstrap                 # benchmarks
   bubblewrap util-linux procps psmisc       # namespaces, mount tools, ps/pkill/fuser
 )

@@ -946,15 +946,17 @@ impl Union {
         }
     }
 
-    /// Creates a new object `name` in `parent` with `make(dir, name)`, owned by the caller,
-    /// replacing a whiteout atomically, and interns it.
+    /// Creates a new object `name` in `parent` with `make(dir, name, inherit)`, owned by the
+    /// caller, replacing a whiteout atomically, and interns it. `inherit` says that the new
+    /// object takes its permissions from the parent's default ACL (so the caller's umask does
+    /// not apply, and the mode must be left as the filesystem sets it).
     fn create_with(
         &self,
         parent: Ino,
         name: &[u8],
         caller: Caller,
         is_new_dir: bool,
-        make: impl FnOnce(BorrowedFd<'_>, &[u8], u32) -> Result<(), Errno>,
+        make: impl FnOnce(BorrowedFd<'_>, &[u8], bool) -> Result<(), Errno>,
     ) -> Result<Attr, Errno> {
         check_name(name)?;
         let up = self.upper()?;
@@ -965,6 +967,7 @@ impl Union {
         }
         let pfd = self.upper_dir(parent)?;
         let (gid, setgid) = self.new_gid(pfd.as_fd(), caller)?;
+        let inherit = has_default_acl(pfd.as_fd());
         let over_whiteout = stat_at(pfd.as_fd(), name)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
         // The name was looked up through every layer above and found nothing: no lower layer
@@ -975,7 +978,8 @@ impl Union {
             let tmp = self.tmp_name();
             let work = up.work.as_fd();
             let r = (|| {
-                make(work, &tmp, gid)?;
+                // The work directory has no default ACL to inherit.
+                make(work, &tmp, false)?;
                 fchownat(
                     work,
                     os(&tmp),
@@ -1012,7 +1016,7 @@ impl Union {
                 return Err(e);
             }
         } else {
-            make(pfd.as_fd(), name, gid)?;
+            make(pfd.as_fd(), name, inherit)?;
             let r = fchownat(
                 pfd.as_fd(),
                 os(name),
@@ -1065,10 +1069,14 @@ impl Union {
         umask: u32,
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        let perm = mode & 0o7777 & !umask;
-        self.create_with(parent, name, caller, true, |d, n, _| {
+        self.create_with(parent, name, caller, true, |d, n, inherit| {
+            let perm = masked(mode, umask, inherit);
             mkdirat(d, os(n), Mode::from_bits_truncate(perm))?;
-            set_perm(d, n, perm)
+            if inherit {
+                Ok(())
+            } else {
+                set_perm(d, n, perm)
+            }
         })
     }
 
@@ -1082,14 +1090,18 @@ impl Union {
         rdev: u64,
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        let perm = mode & 0o7777 & !umask;
         let kind = SFlag::from_bits_truncate(fmt(mode));
         if fmt(mode) == libc::S_IFCHR && rdev == 0 {
             return Err(Errno::EPERM); // the whiteout device cannot be an object of the view
         }
-        self.create_with(parent, name, caller, false, |d, n, _| {
+        self.create_with(parent, name, caller, false, |d, n, inherit| {
+            let perm = masked(mode, umask, inherit);
             mknodat(d, os(n), kind, Mode::from_bits_truncate(perm), rdev)?;
-            set_perm(d, n, perm)
+            if inherit {
+                Ok(())
+            } else {
+                set_perm(d, n, perm)
+            }
         })
     }
 
@@ -1116,24 +1128,37 @@ impl Union {
         flags: i32,
         caller: Caller,
     ) -> Result<(Attr, OwnedFd), Errno> {
-        let perm = mode & 0o7777 & !umask;
-        let a = self.create_with(parent, name, caller, false, |d, n, _| {
+        // The file is opened as the caller asked while it is created: no second open.
+        let keep = flags
+            & !(libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_TRUNC
+                | libc::O_NOCTTY
+                | libc::O_NOFOLLOW
+                | libc::O_DIRECTORY);
+        let mut opened = None;
+        let a = self.create_with(parent, name, caller, false, |d, n, inherit| {
+            let perm = masked(mode, umask, inherit);
             let fd = openat(
                 d,
                 os(n),
-                OFlag::O_WRONLY
+                OFlag::from_bits_truncate(keep)
                     | OFlag::O_CREAT
                     | OFlag::O_EXCL
                     | OFlag::O_CLOEXEC
                     | OFlag::O_NOFOLLOW,
                 Mode::from_bits_truncate(perm),
             )?;
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(perm))
+            if !inherit {
+                fchmod(fd.as_fd(), Mode::from_bits_truncate(perm))?;
+            }
+            opened = Some(fd);
+            Ok(())
         })?;
-        let fd = self.open(
-            a.ino,
-            flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
-        )?;
+        let fd = match opened {
+            Some(fd) => fd,
+            None => self.open(a.ino, keep)?,
+        };
         Ok((a, fd))
     }
 
@@ -1850,6 +1875,24 @@ impl ObjRef {
 
 /// Sets the exact mode of a just-created object (`mkdir` and `mknod` filter it through the
 /// daemon's own umask). It was created here, in a directory only the union writes: not a symlink.
+/// The permissions of a new object: `mode` less the caller's umask, unless they come from
+/// the parent's default ACL (`inherit`), which then decides instead of the umask.
+fn masked(mode: u32, umask: u32, inherit: bool) -> u32 {
+    if inherit {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !umask
+    }
+}
+
+/// Whether a directory has a default ACL (new objects in it inherit from it).
+fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    matches!(
+        sys::fgetxattr(dir, OsStr::new("system.posix_acl_default")),
+        Ok(Some(_))
+    )
+}
+
 fn set_perm(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> Result<(), Errno> {
     nix::sys::stat::fchmodat(
         dir,

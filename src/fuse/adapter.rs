@@ -247,7 +247,10 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            // The umask comes with each create, not applied: a parent's default ACL may
+            // replace it.
+            | InitFlags::FUSE_DONT_MASK;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
