@@ -407,7 +407,7 @@ fn extract(
         Some(c) => c,
         None => sniffed,
     };
-    let result = (|| {
+    let result: Result<(Digest, u64)> = (|| {
         let dec = compression.decoder(&mut input).map_err(|e| {
             Error::BadInput(format!("layer {label}: cannot start decompression: {e}"))
         })?;
