@@ -24,6 +24,7 @@ pub mod import;
 pub mod index;
 pub mod layer;
 pub mod reference;
+pub mod registry;
 pub mod tree;
 pub mod unpack;
 
