@@ -25,6 +25,18 @@ impl Progress {
         Progress { multi: None }
     }
 
+    /// Prints a line on standard output, above the bars when they are drawn.
+    pub fn println(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                if m.println(line).is_err() {
+                    println!("{line}");
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+
     /// A byte-counting bar labelled `label`, of `total` bytes if known.
     pub fn bytes(&self, label: &str, total: Option<u64>) -> ProgressBar {
         let Some(m) = &self.multi else {

@@ -10,9 +10,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use common::{TempStore, busybox_images, fixture_digests, is_root};
+use common::{TempStore, busybox_images, fixture_digests, is_root, skopeo, skopeo_json, text};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -30,54 +30,6 @@ fn hex_of(digest: &str) -> &str {
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs skopeo without a signature policy and, where possible, with an empty private blob-info
-/// cache (so the machine-wide cache is neither read nor written), as the fixture script does.
-fn skopeo(args: &[&str]) -> Vec<u8> {
-    static PRIVATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let private = *PRIVATE.get_or_init(|| {
-        Path::new("/var/lib/containers/cache").is_dir()
-            && Command::new("unshare")
-                .args(["-m", "--propagation", "private", "true"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    });
-    let mut c = if private {
-        let mut c = Command::new("unshare");
-        c.args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(
-                "mount -t tmpfs -o size=16m,mode=0700 strata-test-bic /var/lib/containers/cache \
-                 && exec skopeo --insecure-policy \"$@\"",
-            )
-            .arg("skopeo");
-        c
-    } else {
-        let mut c = Command::new("skopeo");
-        c.arg("--insecure-policy");
-        c
-    };
-    let o = c
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skopeo");
-    assert!(o.status.success(), "skopeo {args:?} failed: {}", text(&o));
-    o.stdout
-}
-
-fn skopeo_json(args: &[&str]) -> Value {
-    serde_json::from_slice(&skopeo(args)).expect("skopeo prints JSON")
 }
 
 /// The one document of `strata inspect NAME`.

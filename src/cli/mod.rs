@@ -4,6 +4,7 @@
 
 pub mod format;
 pub mod mount;
+pub mod registry;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -101,6 +102,14 @@ pub enum Command {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+    /// Download an image from a registry
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry
+    Push(registry::PushArgs),
+    /// Log in to a registry
+    Login(registry::LoginArgs),
+    /// Log out from a registry
+    Logout(registry::LogoutArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -257,6 +266,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let store = open_store(&cli).ok();
             return mount::umount(store.as_ref(), targets);
         }
+        Command::Pull(a) => return registry::pull(&cli, a),
+        Command::Push(a) => return registry::push(&cli, a),
+        Command::Login(a) => return registry::login(&cli, a),
+        Command::Logout(a) => return registry::logout(a),
         Command::Import(a) => {
             let s = open_store(&cli)?;
             let opts = ImportOptions {

@@ -19,7 +19,7 @@ use super::blobs::{MAX_JSON_BLOB, fsync_dir};
 use super::digest::{Digest, HashingWriter};
 use super::error::{Error, IoContext, Result};
 use super::image::{self, Desc, IMAGE_NAME, REF_NAME};
-use super::images::{LayerInput, NewImage};
+use super::images::{LayerInput, NewImage, manifest_layers};
 use super::layer::{Compression, Expect};
 use super::reference::{Reference, familiar};
 use super::unpack::clean_path;
@@ -300,15 +300,7 @@ impl Store {
         if res.is_err() {
             // Layers and blobs of the image that failed (those stored before the failing one)
             // were kept only by the lease: remove them, as `rmi` would.
-            let mut trash = Vec::new();
-            let swept = self.index().write("clean up after a failed load", |c| {
-                trash = self.sweep_unreferenced(c)?;
-                Ok(())
-            });
-            if let Err(e) = swept {
-                log::warn!("cleaning up after a failed load: {e} (system prune will retry)");
-            }
-            self.empty_trash(&trash);
+            self.sweep_after_failure("load");
         }
         res
     }
@@ -486,19 +478,7 @@ impl Store {
         } else {
             d.media_type.clone()
         };
-        let layers = m
-            .layers
-            .iter()
-            .map(|l| {
-                let name = blob_name(&l.digest);
-                LayerInput {
-                    open: Box::new(move || b.reader(&name)),
-                    expect: Expect::default(),
-                    label: l.digest.to_string(),
-                    size: Some(l.size),
-                }
-            })
-            .collect();
+        let layers = manifest_layers(&m, move |d: &Digest| b.reader(&blob_name(d)));
         self.add_image(
             NewImage {
                 manifest: Some((data, mt)),

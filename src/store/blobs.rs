@@ -110,6 +110,15 @@ impl Write for Ingest<'_> {
     }
 }
 
+impl BlobWriter {
+    /// The digest and size of what was written so far.
+    pub fn digest_so_far(&self) -> (Digest, u64) {
+        let h = self.hasher.clone();
+        let n = h.len();
+        (h.finish(), n)
+    }
+}
+
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let f = self

@@ -47,6 +47,9 @@ pub enum Error {
     /// The user asked for something that cannot be done as asked.
     #[error("{0}")]
     Invalid(String),
+    /// A registry failed, refused or sent something unusable.
+    #[error(transparent)]
+    Registry(#[from] super::registry::RegistryError),
 }
 
 /// The store's result type.

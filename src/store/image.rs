@@ -179,17 +179,50 @@ pub fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-/// The entry of an index for this machine's platform, or the first entry if none matches.
+/// The entry of an index for this machine's platform (or `want`), if any.
 pub fn pick_platform<'a>(entries: &[Desc], want: Option<(&'a str, &'a str)>) -> Option<usize> {
     let (os, arch): (&str, &str) = match want {
         Some(w) => w,
         None => host_platform(),
     };
-    entries.iter().position(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|(o, a, _)| o == os && a == arch)
-    })
+    pick_platform_variant(entries, os, arch, None)
+}
+
+/// The entry of an index for `os`/`arch` and, if given, `variant` (`arm64` without a variant
+/// is `v8`). Without a variant, an entry without one is preferred, then the first match.
+pub fn pick_platform_variant(
+    entries: &[Desc],
+    os: &str,
+    arch: &str,
+    variant: Option<&str>,
+) -> Option<usize> {
+    let norm = |v: Option<&str>| -> Option<String> {
+        match (arch, v) {
+            ("arm64", None) => Some("v8".into()),
+            (_, v) => v.map(str::to_string),
+        }
+    };
+    let matches: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| {
+            d.platform
+                .as_ref()
+                .is_some_and(|(o, a, _)| o == os && a == arch)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let variant_of = |i: usize| entries[i].platform.as_ref().and_then(|(_, _, v)| v.clone());
+    match variant {
+        Some(v) => matches
+            .into_iter()
+            .find(|&i| norm(variant_of(i).as_deref()) == norm(Some(v))),
+        None => matches
+            .iter()
+            .copied()
+            .find(|&i| norm(variant_of(i).as_deref()) == norm(None))
+            .or_else(|| matches.first().copied()),
+    }
 }
 
 /// The bytes of a manifest for a config and layers that strata made or synthesized.

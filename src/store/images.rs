@@ -34,8 +34,9 @@ pub struct NewImage<'a> {
     pub layers: Vec<LayerInput<'a>>,
     /// Tags to point at the image.
     pub tags: Vec<Reference>,
-    /// Repositories to record `repo@manifest-digest` for (pulls).
-    pub repo_digests: Vec<String>,
+    /// Repositories to record `repo@digest` for (pulls, pushes): the digest given, or this
+    /// image's manifest digest when `None` (an index's digest when pulled through one).
+    pub repo_digests: Vec<(String, Option<Digest>)>,
     /// Names the image in messages.
     pub label: String,
 }
@@ -182,8 +183,13 @@ impl Store {
                     },
                 )?;
             }
-            for r in &img.repo_digests {
-                index::add_repo_digest(c, r, &manifest_digest, &config_digest)?;
+            for (r, d) in &img.repo_digests {
+                index::add_repo_digest(
+                    c,
+                    r,
+                    d.as_ref().unwrap_or(&manifest_digest),
+                    &config_digest,
+                )?;
             }
             Ok(())
         })?;
@@ -224,11 +230,23 @@ impl Store {
         }
         let r = Reference::parse(name).map_err(Error::Invalid)?;
         if let Some(d) = &r.digest {
-            let id = self.index().image_of_manifest(d)?.ok_or_else(no_such)?;
+            if let Some(id) = self.index().image_of_manifest(d)? {
+                return Ok(Resolved {
+                    id,
+                    tag: None,
+                    manifest: d.clone(),
+                });
+            }
+            // The digest of an index the image was pulled through: its own manifest serves.
+            let id = self
+                .index()
+                .image_of_repo_digest(&r.repository(), d)?
+                .ok_or_else(no_such)?;
+            let row = self.index().image(&id)?.ok_or_else(no_such)?;
             return Ok(Resolved {
                 id,
                 tag: None,
-                manifest: d.clone(),
+                manifest: row.manifest_digest,
             });
         }
         let t = self
@@ -317,6 +335,22 @@ impl Store {
         Ok(out)
     }
 
+    /// After an operation that failed (its lease ended): removes the blobs and layers that only
+    /// its lease kept, as `rmi` would, so the store is as before.
+    pub fn sweep_after_failure(&self, what: &str) {
+        let mut trash = Vec::new();
+        let swept = self
+            .index()
+            .write(&format!("clean up after a failed {what}"), |c| {
+                trash = self.sweep_unreferenced(c)?;
+                Ok(())
+            });
+        if let Err(e) = swept {
+            log::warn!("cleaning up after a failed {what}: {e} (system prune will retry)");
+        }
+        self.empty_trash(&trash);
+    }
+
     /// Inside a write transaction: removes the rows of blobs and layers nothing references any
     /// more and moves their files to the trash. Returns the trashed paths.
     pub fn sweep_unreferenced(&self, c: &rusqlite::Connection) -> Result<Vec<std::path::PathBuf>> {
@@ -331,6 +365,28 @@ impl Store {
         }
         Ok(trash)
     }
+}
+
+/// The layers of a manifest as inputs of [`Store::add_image`], each opened with `open` (from
+/// its blob digest). Loads of OCI layouts and pulls share it: the manifest, as received, says
+/// what every layer blob is, and `add_image` checks each against it.
+pub fn manifest_layers<'a, F>(m: &Manifest, open: F) -> Vec<LayerInput<'a>>
+where
+    F: Fn(&Digest) -> Result<Box<dyn Read + Send + 'a>> + Clone + 'a,
+{
+    m.layers
+        .iter()
+        .map(|l| {
+            let d = l.digest.clone();
+            let open = open.clone();
+            LayerInput {
+                open: Box::new(move || open(&d)),
+                expect: Expect::default(),
+                label: l.digest.to_string(),
+                size: Some(l.size),
+            }
+        })
+        .collect()
 }
 
 fn index_tag(c: &rusqlite::Connection, r: &Reference) -> Result<Option<TagRow>> {

@@ -287,6 +287,40 @@ impl Index {
             .dbctx("list repo digests")
     }
 
+    /// The image recorded for `repository@digest`.
+    pub fn image_of_repo_digest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<Digest>> {
+        self.conn
+            .query_row(
+                "SELECT image_id FROM repo_digests WHERE repository = ?1 AND digest = ?2",
+                params![repository, digest.to_string()],
+                |r| digest_col(r, 0),
+            )
+            .optional()
+            .dbctx("find repo digest")
+    }
+
+    /// The repositories (from repo digests, so pulled or pushed) of images whose manifests
+    /// name the blob `blob`: where a registry may already have it.
+    pub fn repositories_with_blob(&self, blob: &Digest) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT rd.repository FROM repo_digests rd
+                 JOIN manifests m ON m.image_id = rd.image_id
+                 JOIN manifest_blobs mb ON mb.manifest_digest = m.digest
+                 WHERE mb.blob_digest = ?1 ORDER BY rd.repository",
+            )
+            .dbctx("find repositories of a blob")?;
+        st.query_map([blob.to_string()], |r| r.get(0))
+            .dbctx("find repositories of a blob")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("find repositories of a blob")
+    }
+
     /// The image a manifest digest belongs to.
     pub fn image_of_manifest(&self, manifest: &Digest) -> Result<Option<Digest>> {
         self.conn

@@ -137,13 +137,17 @@ impl Read for ChannelReader {
 
 const CHUNK: usize = 1 << 20;
 
-/// Copies `src` into the ingest and the channel, in chunks of about 1 MiB.
+/// Copies `src` into the ingest and the channel, in chunks of about 1 MiB. When the extractor
+/// stops early (it failed) and `drain`, the rest of `src` still goes into the ingest, so that
+/// the blob's digest can tell corrupt data from a hostile tar.
 fn copy_thread(
     mut src: impl Read,
     ingest: &mut BlobWriter,
     tx: SyncSender<Vec<u8>>,
     bar: &indicatif::ProgressBar,
+    drain: bool,
 ) -> io::Result<()> {
+    let mut tx = Some(tx);
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -161,9 +165,15 @@ fn copy_thread(
         chunk.truncate(filled);
         ingest.write_all(&chunk)?;
         bar.inc(filled as u64);
-        if tx.send(chunk).is_err() {
-            // The extractor stopped (it failed): its error is the one to report.
-            return Ok(());
+        if let Some(t) = &tx
+            && t.send(chunk).is_err()
+        {
+            // The extractor stopped (it failed): its error is the one to report, unless the
+            // blob turns out not to be the one announced.
+            if !drain {
+                return Ok(());
+            }
+            tx = None;
         }
     }
 }
@@ -250,9 +260,10 @@ impl Store {
 
         let mut ingest = Ingest::new(self, lease)?;
         let (tx, rx) = sync_channel::<Vec<u8>>(8);
+        let drain = expect.blob.is_some();
         let (copied, extracted) = std::thread::scope(|s| {
             let ingest_ref = ingest.writer();
-            let copier = s.spawn(move || copy_thread(src, ingest_ref, tx, bar));
+            let copier = s.spawn(move || copy_thread(src, ingest_ref, tx, bar, drain));
             let extracted = extract(rx, expect.compression, unpacker.as_mut(), label);
             let copied = copier
                 .join()
@@ -260,7 +271,25 @@ impl Store {
             (copied, extracted)
         });
         copied.map_err(|e| Error::BadInput(format!("layer {label}: read failed: {e}")))?;
-        let (diff_id, size, compression) = extracted?;
+        let (diff_id, size, compression) = match extracted {
+            Ok(v) => v,
+            Err(e) => {
+                // Bytes that are not the blob announced: say so first (the tar error is only
+                // a consequence of the corruption).
+                if let Some(want) = &expect.blob {
+                    let (got, _) = ingest.writer().digest_so_far();
+                    if got != *want {
+                        log::info!("layer {label}: {e}");
+                        return Err(Error::DigestMismatch {
+                            what: format!("layer {label}"),
+                            expected: want.to_string(),
+                            actual: got.to_string(),
+                        });
+                    }
+                }
+                return Err(e);
+            }
+        };
         bar.finish_and_clear();
 
         if let Some(want) = &expect.diff_id
@@ -407,7 +436,7 @@ fn extract(
         Some(c) => c,
         None => sniffed,
     };
-    let result = (|| {
+    let result: Result<(Digest, u64)> = (|| {
         let dec = compression.decoder(&mut input).map_err(|e| {
             Error::BadInput(format!("layer {label}: cannot start decompression: {e}"))
         })?;

@@ -24,6 +24,7 @@ pub mod import;
 pub mod index;
 pub mod layer;
 pub mod reference;
+pub mod registry;
 pub mod tree;
 pub mod unpack;
 
@@ -168,7 +169,19 @@ impl Store {
         Ok(Lease {
             store: self,
             id: row.id,
+            owned: true,
         })
+    }
+
+    /// The lease `id` (started by this process, through another [`Store`] of the same root),
+    /// for work done in another thread: references go to that lease, and dropping this handle
+    /// does not end it.
+    pub fn borrow_lease(&self, id: &str) -> Lease<'_> {
+        Lease {
+            store: self,
+            id: id.to_string(),
+            owned: false,
+        }
     }
 }
 
@@ -216,6 +229,8 @@ fn make_writable(p: &Path) {
 pub struct Lease<'s> {
     store: &'s Store,
     id: String,
+    /// Whether dropping this handle ends the lease (false for [`Store::borrow_lease`]).
+    owned: bool,
 }
 
 impl Lease<'_> {
@@ -233,6 +248,9 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = self
             .store
             .index

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use serde_json::Value;
+
 /// The `strata` binary under test.
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
@@ -125,4 +127,56 @@ pub fn fixture_digests() -> serde_json::Value {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A command's status and output, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs skopeo (asserting success) without a signature policy and, where possible, with an
+/// empty private blob-info cache (so the machine-wide cache is neither read nor written), as
+/// the fixture script does.
+pub fn skopeo(args: &[&str]) -> Vec<u8> {
+    static PRIVATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let private = *PRIVATE.get_or_init(|| {
+        Path::new("/var/lib/containers/cache").is_dir()
+            && Command::new("unshare")
+                .args(["-m", "--propagation", "private", "true"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    let mut c = if private {
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount -t tmpfs -o size=16m,mode=0700 strata-test-bic /var/lib/containers/cache \
+                 && exec skopeo --insecure-policy \"$@\"",
+            )
+            .arg("skopeo");
+        c
+    } else {
+        let mut c = Command::new("skopeo");
+        c.arg("--insecure-policy");
+        c
+    };
+    let o = c
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skopeo");
+    assert!(o.status.success(), "skopeo {args:?} failed: {}", text(&o));
+    o.stdout
+}
+
+/// Runs skopeo and parses what it prints.
+pub fn skopeo_json(args: &[&str]) -> Value {
+    serde_json::from_slice(&skopeo(args)).expect("skopeo prints JSON")
+}
+
 pub mod mounts;
