@@ -19,7 +19,7 @@ pub struct OverlayArgs {
     /// Stay in the foreground
     #[arg(short, long)]
     pub foreground: bool,
-    /// Request threads (0: one with FUSE passthrough, two without)
+    /// Request threads (0: the default, two)
     #[arg(long, default_value = "0")]
     pub threads: usize,
     /// [SOURCE] MOUNTPOINT (a source, as mount(8) passes it, is ignored)

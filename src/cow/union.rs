@@ -468,11 +468,12 @@ impl Union {
     /// Whether an upper file may be a metacopy file (worth reading its attributes): only on a
     /// `metacopy=on` union (as the kernel, which refuses such files otherwise), and only a
     /// file with fewer blocks than its size (a metacopy file has no data of its own; one
-    /// block is allowed for attributes stored outside the inode).
+    /// block is allowed for attributes stored outside the inode). Empty files included: an
+    /// empty lower file is copied up with the mark too, which its first write must drop
+    /// (regression test: metacopy.rs union_empty_file_metacopy_then_write).
     fn may_be_metacopy(&self, st: &FileStat) -> bool {
         self.metacopy
             && fmt(st.st_mode) == libc::S_IFREG
-            && st.st_size > 0
             && st.st_blocks.saturating_mul(512) < st.st_size.saturating_add(4096)
     }
 
