@@ -113,6 +113,16 @@ impl std::os::fd::AsRawFd for LayerFd {
 /// Reads a whole directory (without `.` and `..`), sorted by name.
 fn read_listing(dir: BorrowedFd<'_>) -> Result<Listing, Errno> {
     let dev = fstat(dir)?.st_dev;
+    let mut entries = read_entries(dir)?;
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Listing { dev, entries })
+}
+
+/// Reads a whole directory (without `.` and `..`): (name, file type if the filesystem says,
+/// inode number), in the filesystem's order. `dir` is reopened, so its own offset is untouched.
+pub fn read_entries(
+    dir: BorrowedFd<'_>,
+) -> Result<Vec<(Vec<u8>, Option<nix::dir::Type>, u64)>, Errno> {
     let fd = openat(
         dir,
         ".",
@@ -129,6 +139,5 @@ fn read_listing(dir: BorrowedFd<'_>) -> Result<Listing, Errno> {
         }
         entries.push((n.to_vec(), e.file_type(), e.ino()));
     }
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(Listing { dev, entries })
+    Ok(entries)
 }

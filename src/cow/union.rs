@@ -720,12 +720,7 @@ impl Union {
                     mkdirat(work, os(&tmp), Mode::from_bits_truncate(0o700))?;
                 }
                 libc::S_IFREG if meta_only => {
-                    let dst = openat(
-                        work,
-                        os(&tmp),
-                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
-                    )?;
+                    let dst = new_private_file(work, &tmp)?;
                     nix::unistd::ftruncate(dst.as_fd(), st.st_size)?;
                     sys::fsetxattr(dst.as_fd(), OsStr::new(up.ns.metacopy_key()), b"")?;
                 }
@@ -735,12 +730,7 @@ impl Union {
                         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
                         Mode::empty(),
                     )?;
-                    let dst = openat(
-                        work,
-                        os(&tmp),
-                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
-                    )?;
+                    let dst = new_private_file(work, &tmp)?;
                     copy_data(&src, &dst, st.st_size as u64)?;
                     if !self.volatile {
                         nix::unistd::fsync(dst.as_fd())?;
@@ -1876,6 +1866,16 @@ impl ObjRef {
 
 /// Sets the exact mode of a just-created object (`mkdir` and `mknod` filter it through the
 /// daemon's own umask). It was created here, in a directory only the union writes: not a symlink.
+/// A new file only this process can open (mode 0600), for building a copy-up in the work dir.
+fn new_private_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        os(name),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+}
+
 /// The permissions of a new object: `mode` less the caller's umask, unless they come from
 /// the parent's default ACL (`inherit`), which then decides instead of the umask.
 fn masked(mode: u32, umask: u32, inherit: bool) -> u32 {
@@ -1917,23 +1917,7 @@ type RawEntry = (Vec<u8>, Option<nix::dir::Type>, u64);
 type MergedEntry = (Vec<u8>, u32, u64, u64);
 
 fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>, Errno> {
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut d = nix::dir::Dir::from_fd(fd)?;
-    let mut v = Vec::new();
-    for e in d.iter() {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        v.push((n.to_vec(), e.file_type(), e.ino()));
-    }
-    Ok(v)
+    super::layer::read_entries(dir)
 }
 
 /// Merges the listings of contributing layers: (name, type bits, device, inode) of the top

@@ -193,6 +193,20 @@ impl Inner {
         self.files.read().ok()?.get(&fh.0).map(|h| h.fd.clone())
     }
 
+    /// Remembers an open file under handle `fh` (with its passthrough backing, if any).
+    fn keep_handle(&self, fh: u64, fd: Arc<OwnedFd>, backing: Option<Arc<BackingId>>) {
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle {
+                    fd,
+                    _backing: backing,
+                },
+            );
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -452,16 +466,7 @@ impl Filesystem for FuseFs {
         let fd = Arc::new(fd);
         let fh = self.new_fh();
         let backing = self.backing_for(a.ino, &fd, || reply.open_backing(fd.as_fd()));
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                Handle {
-                    fd,
-                    _backing: backing.clone(),
-                },
-            );
+        self.keep_handle(fh, fd, backing.clone());
         let ttl = self.ttl(a.ino);
         match backing {
             Some(b) => reply.created_passthrough(
@@ -960,16 +965,7 @@ impl FuseFs {
         let fh = self.new_fh();
         let backing = self.backing_for(ino.0, &fd, || reply.open_backing(fd.as_fd()));
         let passthrough = backing.is_some();
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                Handle {
-                    fd,
-                    _backing: backing.clone(),
-                },
-            );
+        self.keep_handle(fh, fd, backing.clone());
         match backing {
             // FOPEN_KEEP_CACHE with passthrough makes every read fail with EIO (seen on 6.18).
             Some(b) if passthrough => {
