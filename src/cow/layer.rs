@@ -59,16 +59,19 @@ pub struct LayerFd {
     listing: std::sync::OnceLock<Option<Listing>>,
 }
 
+/// A directory entry as read: name, file type (if the filesystem says), inode number.
+pub type RawEntry = (Vec<u8>, Option<nix::dir::Type>, u64);
+
 /// The entries of a lower directory, sorted by name, with the directory's device.
 pub struct Listing {
     pub dev: u64,
-    /// (name, file type if the filesystem says, inode number), sorted by name.
-    pub entries: Vec<(Vec<u8>, Option<nix::dir::Type>, u64)>,
+    /// Sorted by name.
+    pub entries: Vec<RawEntry>,
 }
 
 impl Listing {
     /// The entry for `name`.
-    pub fn find(&self, name: &[u8]) -> Option<&(Vec<u8>, Option<nix::dir::Type>, u64)> {
+    pub fn find(&self, name: &[u8]) -> Option<&RawEntry> {
         self.entries
             .binary_search_by(|e| e.0.as_slice().cmp(name))
             .ok()
@@ -120,9 +123,7 @@ fn read_listing(dir: BorrowedFd<'_>) -> Result<Listing, Errno> {
 
 /// Reads a whole directory (without `.` and `..`): (name, file type if the filesystem says,
 /// inode number), in the filesystem's order. `dir` is reopened, so its own offset is untouched.
-pub fn read_entries(
-    dir: BorrowedFd<'_>,
-) -> Result<Vec<(Vec<u8>, Option<nix::dir::Type>, u64)>, Errno> {
+pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>, Errno> {
     let fd = openat(
         dir,
         ".",

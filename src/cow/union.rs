@@ -28,7 +28,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 use super::format::{self, XattrNs};
-use super::layer::{LayerFd, fmt, is_dir, open_dir, os, stat_at};
+use super::layer::{LayerFd, RawEntry, fmt, is_dir, open_dir, os, stat_at};
 use crate::sys;
 
 /// An inode number of the merged view.
@@ -1911,8 +1911,6 @@ fn dirs_with_upper(dirs: &[(Loc, Arc<LayerFd>)], upper: &Arc<LayerFd>) -> Vec<(L
 }
 
 /// Reads a whole directory: (name, file type, device, inode).
-/// A raw directory entry: name, type (if the filesystem says), inode.
-type RawEntry = (Vec<u8>, Option<nix::dir::Type>, u64);
 /// A merged directory entry: name, type bits, device, inode of its top object.
 type MergedEntry = (Vec<u8>, u32, u64, u64);
 
