@@ -110,9 +110,11 @@ pub struct Ingested {
     pub compression: Compression,
 }
 
-/// Chunks from the copying thread, read as one stream.
+/// Chunks from the copying thread, read as one stream; each chunk read through goes back to
+/// the copier for reuse (fresh 1 MiB buffers cost page faults and zeroing on every chunk).
 struct ChannelReader {
     rx: Receiver<Vec<u8>>,
+    back: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -122,7 +124,10 @@ impl Read for ChannelReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(v) => {
-                    self.cur = v;
+                    let done = std::mem::replace(&mut self.cur, v);
+                    if done.capacity() >= CHUNK {
+                        let _ = self.back.try_send(done);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
@@ -144,12 +149,19 @@ fn copy_thread(
     mut src: impl Read,
     ingest: &mut BlobWriter,
     tx: SyncSender<Vec<u8>>,
+    back: Receiver<Vec<u8>>,
     bar: &indicatif::ProgressBar,
     drain: bool,
 ) -> io::Result<()> {
     let mut tx = Some(tx);
     loop {
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = match back.try_recv() {
+            Ok(mut c) => {
+                c.resize(CHUNK, 0); // only a short last chunk has anything to fill
+                c
+            }
+            Err(_) => vec![0u8; CHUNK],
+        };
         let mut filled = 0;
         while filled < CHUNK {
             match src.read(&mut chunk[filled..]) {
@@ -260,11 +272,12 @@ impl Store {
 
         let mut ingest = Ingest::new(self, lease)?;
         let (tx, rx) = sync_channel::<Vec<u8>>(8);
+        let (back_tx, back_rx) = sync_channel::<Vec<u8>>(10);
         let drain = expect.blob.is_some();
         let (copied, extracted) = std::thread::scope(|s| {
             let ingest_ref = ingest.writer();
-            let copier = s.spawn(move || copy_thread(src, ingest_ref, tx, bar, drain));
-            let extracted = extract(rx, expect.compression, unpacker.as_mut(), label);
+            let copier = s.spawn(move || copy_thread(src, ingest_ref, tx, back_rx, bar, drain));
+            let extracted = extract(rx, back_tx, expect.compression, unpacker.as_mut(), label);
             let copied = copier
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("copy thread panicked")));
@@ -411,6 +424,7 @@ impl Store {
 /// hashes, when `unpacker` is `None`). Returns the diff_id, the tar size and the compression.
 fn extract(
     rx: Receiver<Vec<u8>>,
+    back: SyncSender<Vec<u8>>,
     declared: Option<Compression>,
     unpacker: Option<&mut Unpacker>,
     label: &str,
@@ -419,6 +433,7 @@ fn extract(
         CHUNK,
         ChannelReader {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
         },
