@@ -829,6 +829,49 @@ fn default_acl_is_inherited_like_kernel() {
     }
 }
 
+/// A name deleted from a lower layer (an upper whiteout) and created again is built in the
+/// work directory, which has no default ACL: it must still inherit its parent's, as on the
+/// kernel (regression: strata applied the umask and gave no ACL there).
+#[test]
+fn default_acl_is_inherited_over_a_whiteout_like_kernel() {
+    let Some(fx) = Fx::new() else { return };
+    fx.layer()
+        .dir("wd", 0o755)
+        .file("wd/file", b"lower\n", 0o644)
+        .dir("wd/sub", 0o755);
+    let p = fx.pair();
+    let (s, k) = p.run(|side| {
+        let m = &side.mnt;
+        let mut o = Obs::default();
+        o.put(
+            "setfacl -d",
+            run_ok_text(m, "setfacl", &["-d", "-m", "u:1234:rwx", "wd"]),
+        );
+        fs::remove_file(m.join("wd/file")).unwrap();
+        fs::remove_dir(m.join("wd/sub")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(m.join("wd/file"))
+            .unwrap()
+            .write_all(b"again\n")
+            .unwrap();
+        fs::DirBuilder::new()
+            .mode(0o777)
+            .create(m.join("wd/sub"))
+            .unwrap();
+        for name in ["wd/file", "wd/sub"] {
+            o.put(&format!("{name}: getfacl"), getfacl(m, name));
+            o.put(&format!("{name}: mode"), mode(&m.join(name)));
+        }
+        o
+    });
+    assert_same("default ACL inheritance over a whiteout", &s, &k);
+    expect_both(&s, &k, "wd/file: mode", "0664");
+    expect_both(&s, &k, "wd/sub: mode", "0775");
+}
+
 /// An ACL that a lower file already has shows through the mount (no copy-up).
 #[test]
 fn acl_of_lower_file_is_visible_like_kernel() {

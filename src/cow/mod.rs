@@ -3,6 +3,7 @@
 //! on-disk encoding kernel overlayfs reads (`format`, which the store also uses to write layer
 //! directories). `cow` knows nothing of SQLite or FUSE, and is tested without a mount.
 
+pub mod acl;
 pub mod format;
 pub mod layer;
 pub mod union;

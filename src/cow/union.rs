@@ -27,6 +27,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
+use super::acl;
 use super::format::{self, XattrNs};
 use super::layer::{LayerFd, RawEntry, fmt, is_dir, open_dir, os, stat_at};
 use crate::sys;
@@ -947,6 +948,7 @@ impl Union {
         name: &[u8],
         caller: Caller,
         is_new_dir: bool,
+        mode: Option<u32>,
         make: impl FnOnce(BorrowedFd<'_>, &[u8], bool) -> Result<(), Errno>,
     ) -> Result<Attr, Errno> {
         check_name(name)?;
@@ -969,8 +971,25 @@ impl Union {
             let tmp = self.tmp_name();
             let work = up.work.as_fd();
             let r = (|| {
-                // The work directory has no default ACL to inherit.
-                make(work, &tmp, false)?;
+                // The work directory has no default ACL to inherit from: what the parent's
+                // would give is set by hand.
+                let acl = if inherit && mode.is_some() {
+                    sys::fgetxattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))?
+                } else {
+                    None
+                };
+                make(work, &tmp, acl.is_some())?;
+                if let (Some(default), Some(mode)) = (&acl, mode)
+                    && let Some((new_mode, access)) = acl::inherit(default, mode & 0o7777)
+                {
+                    if let Some(a) = access {
+                        sys::lsetxattr_at(work, os(&tmp), OsStr::new(acl::ACCESS_XATTR), &a)?;
+                    }
+                    if is_new_dir {
+                        sys::lsetxattr_at(work, os(&tmp), OsStr::new(acl::DEFAULT_XATTR), default)?;
+                    }
+                    set_perm(work, &tmp, new_mode)?;
+                }
                 fchownat(
                     work,
                     os(&tmp),
@@ -1060,7 +1079,7 @@ impl Union {
         umask: u32,
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        self.create_with(parent, name, caller, true, |d, n, inherit| {
+        self.create_with(parent, name, caller, true, Some(mode), |d, n, inherit| {
             let perm = masked(mode, umask, inherit);
             mkdirat(d, os(n), Mode::from_bits_truncate(perm))?;
             if inherit {
@@ -1085,7 +1104,7 @@ impl Union {
         if fmt(mode) == libc::S_IFCHR && rdev == 0 {
             return Err(Errno::EPERM); // the whiteout device cannot be an object of the view
         }
-        self.create_with(parent, name, caller, false, |d, n, inherit| {
+        self.create_with(parent, name, caller, false, Some(mode), |d, n, inherit| {
             let perm = masked(mode, umask, inherit);
             mknodat(d, os(n), kind, Mode::from_bits_truncate(perm), rdev)?;
             if inherit {
@@ -1104,7 +1123,7 @@ impl Union {
         target: &[u8],
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        self.create_with(parent, name, caller, false, |d, n, _| {
+        self.create_with(parent, name, caller, false, None, |d, n, _| {
             symlinkat(os(target), d, os(n))
         })
     }
@@ -1128,7 +1147,7 @@ impl Union {
                 | libc::O_NOFOLLOW
                 | libc::O_DIRECTORY);
         let mut opened = None;
-        let a = self.create_with(parent, name, caller, false, |d, n, inherit| {
+        let a = self.create_with(parent, name, caller, false, Some(mode), |d, n, inherit| {
             let perm = masked(mode, umask, inherit);
             let fd = openat(
                 d,
