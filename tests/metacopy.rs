@@ -32,12 +32,11 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::mounts::{
-    Layer, StrataMount, have_fuse, have_kernel_overlay, lgetxattr, llistxattr, lsetxattr,
-    mount_type, tree, tree_diff, tree_text,
+    KernelOverlay, Layer, StrataMount, have_fuse, have_kernel_overlay, lgetxattr, llistxattr,
+    lsetxattr, tree, tree_diff, tree_text,
 };
 use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
@@ -128,12 +127,12 @@ impl Side {
         self.lowers.iter().map(|p| p.as_path()).collect()
     }
 
-    fn strata(&self) -> StrataMc {
-        StrataMc::new(self, "metacopy=on")
+    fn strata(&self) -> StrataMount {
+        strata_mount(self, "metacopy=on")
     }
 
-    fn kernel(&self) -> KernelMc {
-        KernelMc::new(self)
+    fn kernel(&self) -> KernelOverlay {
+        kernel_mount(self)
     }
 
     fn union(&self, metacopy: bool) -> Union {
@@ -227,156 +226,23 @@ fn build(base: &Path) -> Side {
 // ---------------------------------------------------------------------------------------------
 // Mounts (RAII)
 
-/// Unmounts `mnt`, lazily when a plain unmount fails.
-fn umount_quietly(mnt: &Path) {
-    if mount_type(mnt).is_none() {
-        return;
-    }
-    let ok = Command::new("umount")
-        .arg(mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
+/// strata with more `-o` options, on a side.
+fn strata_mount(side: &Side, extra: &str) -> StrataMount {
+    let lowers: Vec<&Path> = side.lowers.iter().map(|l| l.as_path()).collect();
+    StrataMount::with_options(&lowers, &side.upper, &side.work, &side.mnt, extra)
 }
 
-/// `strata overlay -f -o lowerdir=…,upperdir=…,workdir=…,EXTRA MNT` in a child process;
-/// unmounted (and the server reaped) when dropped.
-struct StrataMc {
-    child: Option<Child>,
-    mnt: PathBuf,
-    log: PathBuf,
-}
-
-impl StrataMc {
-    fn new(side: &Side, extra: &str) -> StrataMc {
-        let lowers = side
-            .lowers
-            .iter()
-            .map(|l| l.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let mut opts = format!(
-            "lowerdir={lowers},upperdir={},workdir={}",
-            side.upper.display(),
-            side.work.display()
-        );
-        if !extra.is_empty() {
-            opts.push(',');
-            opts.push_str(extra);
-        }
-        let log = side.mnt.with_extension("strata.log");
-        let logf = fs::File::create(&log).expect("create the server's log");
-        let child = Command::new(common::strata_bin())
-            .args(["overlay", "-f", "-o", &opts])
-            .arg(&side.mnt)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn strata overlay -f");
-        let mut m = StrataMc {
-            child: Some(child),
-            mnt: side.mnt.clone(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(t) = mount_type(&side.mnt)
-                && (t == "fuse.strata" || t == "fuse")
-            {
-                return m;
-            }
-            if let Some(st) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let log = fs::read_to_string(&m.log).unwrap_or_default();
-                panic!("strata overlay exited ({st}) before mounting -o {opts}:\n{log}");
-            }
-            if Instant::now() > deadline {
-                let log = fs::read_to_string(&m.log).unwrap_or_default();
-                drop(m);
-                panic!("strata overlay -o {opts} did not mount in time:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for StrataMc {
-    fn drop(&mut self) {
-        umount_quietly(&self.mnt);
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        umount_quietly(&self.mnt);
-        let _ = fs::remove_file(&self.log);
-    }
-}
-
-/// Kernel overlayfs with `metacopy=on,redirect_dir=on`; unmounted when dropped.
-struct KernelMc {
-    mnt: PathBuf,
-}
-
-impl KernelMc {
-    fn new(side: &Side) -> KernelMc {
-        let lowers = side
-            .lowers
-            .iter()
-            .map(|l| l.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let opts = format!(
-            "lowerdir={lowers},upperdir={},workdir={},{KERNEL_MC_OPTS}",
-            side.upper.display(),
-            side.work.display()
-        );
-        let o = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&side.mnt)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mount");
-        assert!(
-            o.status.success(),
-            "mount -t overlay -o {opts} {}: {}",
-            side.mnt.display(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        KernelMc {
-            mnt: side.mnt.clone(),
-        }
-    }
-}
-
-impl Drop for KernelMc {
-    fn drop(&mut self) {
-        umount_quietly(&self.mnt);
-    }
+/// Kernel overlayfs with `metacopy=on,redirect_dir=on`, on a side.
+fn kernel_mount(side: &Side) -> KernelOverlay {
+    let lowers: Vec<&Path> = side.lowers.iter().map(|l| l.as_path()).collect();
+    KernelOverlay::with_options(&lowers, &side.upper, &side.work, &side.mnt, KERNEL_MC_OPTS)
 }
 
 /// The same fixture twice, in one temporary directory: `s` for strata, `k` for the kernel.
 /// The mounts are fields before the directory, so they go first when dropped.
 struct Duo {
-    sm: Option<StrataMc>,
-    km: Option<KernelMc>,
+    sm: Option<StrataMount>,
+    km: Option<KernelOverlay>,
     s: Side,
     k: Side,
     base: PathBuf,
@@ -1548,7 +1414,7 @@ fn mount_metacopy_off_copies_everything() {
     // `metacopy=off` spelled out is the same.
     drop(_m);
     let s2 = build(&tmp.path().join("off"));
-    let _m2 = StrataMc::new(&s2, "metacopy=off");
+    let _m2 = strata_mount(&s2, "metacopy=off");
     chmod(&s2.m("a"), 0o600);
     assert_full_copy(&s2.up("a"), &a);
     assert_eq!(mode(&s2.up("a")), 0o600);

@@ -91,12 +91,27 @@ impl StrataMount {
     /// Mounts `lowers` (top first), `upper` and `work` at `mnt` and waits until the mount is
     /// there. Panics (after cleaning up) when the server exits or the mount does not appear.
     pub fn new(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path) -> StrataMount {
-        let opts = format!(
+        StrataMount::with_options(lowers, upper, work, mnt, "")
+    }
+
+    /// [`StrataMount::new`] with more `-o` options (`extra`, comma separated; may be empty).
+    pub fn with_options(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+    ) -> StrataMount {
+        let mut opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowerdir_opt(lowers),
             upper.display(),
             work.display()
         );
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
         let log = mnt.with_extension("strata.log");
         let logf = fs::File::create(&log).expect("create the server's log");
         let child = Command::new(strata_bin())
@@ -192,8 +207,19 @@ pub struct KernelOverlay {
 impl KernelOverlay {
     /// `mount -t overlay overlay -o lowerdir=…,upperdir=…,workdir=…,KERNEL_OPTS MNT`.
     pub fn new(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path) -> KernelOverlay {
+        KernelOverlay::with_options(lowers, upper, work, mnt, KERNEL_OPTS)
+    }
+
+    /// [`KernelOverlay::new`] with other feature options than [`KERNEL_OPTS`].
+    pub fn with_options(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        features: &str,
+    ) -> KernelOverlay {
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},{KERNEL_OPTS}",
+            "lowerdir={},upperdir={},workdir={},{features}",
             lowerdir_opt(lowers),
             upper.display(),
             work.display()
