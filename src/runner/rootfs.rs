@@ -1,0 +1,466 @@
+//! Inside the new namespaces, before the command runs: the container's mounts on its union
+//! view (a fresh `/proc`, a minimal `/dev`, `/sys` read-only, `/etc/hosts` and friends, the
+//! `-v` binds, docker's masked and read-only paths), then `pivot_root` into it.
+//!
+//! Every path inside the container is resolved with `openat2(RESOLVE_IN_ROOT)` from a
+//! descriptor of the container's root, so a symlink in the image (`/etc/x -> /../../host`)
+//! resolves inside the container, and mounts go onto the resolved object through
+//! `/proc/self/fd/N`: no host path outside the root is ever named.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mkdirat, mknodat};
+
+use super::spec::{ContainerConfig, components};
+
+/// A step's failure, with what was being done.
+pub type StepResult<T> = Result<T, String>;
+
+fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> StepResult<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Opens `path` (inside the container) as an `O_PATH` descriptor, resolving every symlink and
+/// `..` as if the root were `/`.
+pub fn resolve(root: BorrowedFd<'_>, path: &str) -> nix::Result<OwnedFd> {
+    let rel = components(path).join("/");
+    let rel = if rel.is_empty() { ".".to_string() } else { rel };
+    openat2(
+        root,
+        rel.as_str(),
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )
+}
+
+/// Like [`resolve`], creating what is missing: directories on the way, and the last
+/// component as a directory (`dir`) or an empty file.
+pub fn ensure(root: BorrowedFd<'_>, path: &str, dir: bool) -> StepResult<OwnedFd> {
+    match resolve(root, path) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(format!("resolve {path} in the container: {e}")),
+    }
+    let comps = components(path);
+    for i in 1..=comps.len() {
+        let prefix = comps[..i].join("/");
+        match resolve(root, &prefix) {
+            Ok(_) => continue,
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(format!("resolve /{prefix} in the container: {e}")),
+        }
+        let parent = ctx(resolve(root, &comps[..i - 1].join("/")), || {
+            format!("resolve the parent of /{prefix}")
+        })?;
+        // An O_PATH descriptor cannot be written through: open the directory itself.
+        let parent = ctx(
+            openat(
+                parent.as_fd(),
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+            || format!("open the parent of /{prefix}"),
+        )?;
+        let name = comps[i - 1];
+        let r = if i == comps.len() && !dir {
+            openat(
+                parent.as_fd(),
+                name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+        } else {
+            mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
+        };
+        match r {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("create /{prefix} in the container: {e}")),
+        }
+    }
+    ctx(resolve(root, path), || {
+        format!("resolve {path} in the container")
+    })
+}
+
+/// `/proc/self/fd/N`: the object a descriptor holds, as a mount source or target.
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn mount_at(
+    source: Option<&Path>,
+    target: &OwnedFd,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> StepResult<()> {
+    ctx(mount(source, &fd_path(target), fstype, flags, data), || {
+        format!("mount {what}")
+    })
+}
+
+/// Makes a bind mount (at `target`) read-only.
+fn remount_ro(target: &OwnedFd, extra: MsFlags, what: &str) -> StepResult<()> {
+    mount_at(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra,
+        None,
+        what,
+    )
+}
+
+/// The host files the container sees as `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
+pub struct EtcFiles {
+    pub hosts: PathBuf,
+    pub hostname: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+/// Paths docker masks (an empty file or directory is mounted over them).
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths docker makes read-only.
+const READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Sets up the container's mounts on the union view at `rootfs` (in the container's new mount
+/// namespace) and pivots into it. `console` is the terminal to show as `/dev/console`.
+pub fn setup(
+    cfg: &ContainerConfig,
+    rootfs: &Path,
+    etc: &EtcFiles,
+    console: Option<&OwnedFd>,
+) -> StepResult<()> {
+    // Nothing done here may reach the host's mounts.
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || "make / a slave mount".into(),
+    )?;
+    let root = ctx(
+        nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || format!("open the container root {}", rootfs.display()),
+    )?;
+    let root = root.as_fd();
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    let proc_dir = ensure(root, "/proc", true)?;
+    mount_at(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+        "/proc",
+    )?;
+
+    let dev = ensure(root, "/dev", true)?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "/dev",
+    )?;
+    setup_dev(root, console)?;
+
+    let sys = ensure(root, "/sys", true)?;
+    let ro = MsFlags::MS_RDONLY;
+    if let Err(e) = mount_at(
+        Some(Path::new("sysfs")),
+        &sys,
+        Some("sysfs"),
+        nosuid_nodev_noexec | ro,
+        None,
+        "/sys",
+    ) {
+        // sysfs may refuse a new instance (another network namespace's): bind the host's.
+        log::info!("{e}; binding the host's /sys read-only");
+        mount_at(
+            Some(Path::new("/sys")),
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            "/sys (bind)",
+        )?;
+        let sys = ensure(root, "/sys", true)?;
+        remount_ro(
+            &sys,
+            MsFlags::MS_REC | nosuid_nodev_noexec,
+            "/sys read-only",
+        )?;
+    }
+
+    for (src, dst) in [
+        (&etc.hosts, "/etc/hosts"),
+        (&etc.hostname, "/etc/hostname"),
+        (&etc.resolv_conf, "/etc/resolv.conf"),
+    ] {
+        let t = ensure(root, dst, false)?;
+        mount_at(Some(src), &t, None, MsFlags::MS_BIND, None, dst)?;
+    }
+
+    for v in &cfg.volumes {
+        let is_dir = v.source.is_dir();
+        let t = ensure(root, &v.target, is_dir)?;
+        mount_at(
+            Some(&v.source),
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &format!("{} on {}", v.source.display(), v.target),
+        )?;
+        if v.read_only {
+            let t = ensure(root, &v.target, is_dir)?;
+            remount_ro(&t, MsFlags::MS_REC, &format!("{} read-only", v.target))?;
+        }
+    }
+
+    for p in MASKED {
+        let t = match resolve(root, p) {
+            Ok(t) => t,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(format!("resolve {p}: {e}")),
+        };
+        let st = ctx(nix::sys::stat::fstat(t.as_fd()), || format!("stat {p}"))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            mount_at(
+                Some(Path::new("tmpfs")),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+                &format!("{p} (masked)"),
+            )?;
+        } else {
+            mount_at(
+                Some(Path::new("/dev/null")),
+                &t,
+                None,
+                MsFlags::MS_BIND,
+                None,
+                &format!("{p} (masked)"),
+            )?;
+        }
+    }
+    for p in READ_ONLY {
+        let t = match resolve(root, p) {
+            Ok(t) => t,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(format!("resolve {p}: {e}")),
+        };
+        mount_at(
+            Some(&fd_path(&t)),
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &format!("{p} (bind)"),
+        )?;
+        let t = ctx(resolve(root, p), || format!("resolve {p}"))?;
+        remount_ro(&t, MsFlags::MS_REC, &format!("{p} read-only"))?;
+    }
+
+    ctx(nix::unistd::sethostname(&cfg.hostname), || {
+        format!("set the hostname {:?}", cfg.hostname)
+    })?;
+
+    pivot(rootfs)?;
+    if cfg.read_only {
+        ctx(
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+            || "make the root read-only".into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The minimal `/dev` on the fresh tmpfs.
+fn setup_dev(root: BorrowedFd<'_>, console: Option<&OwnedFd>) -> StepResult<()> {
+    let dev = ctx(resolve(root, "/dev"), || "resolve /dev".into())?;
+    let dev = ctx(
+        openat(
+            dev.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || "open /dev".into(),
+    )?;
+    let rw = Mode::from_bits_truncate(0o666);
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        ctx(
+            mknodat(dev.as_fd(), name, SFlag::S_IFCHR, rw, makedev(major, minor)),
+            || format!("mknod /dev/{name}"),
+        )?;
+        // The umask took bits away.
+        ctx(
+            nix::sys::stat::fchmodat(
+                dev.as_fd(),
+                name,
+                rw,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            ),
+            || format!("chmod /dev/{name}"),
+        )?;
+    }
+    for (dir, mode) in [("pts", 0o755), ("shm", 0o1777)] {
+        ctx(
+            mkdirat(dev.as_fd(), dir, Mode::from_bits_truncate(mode)),
+            || format!("mkdir /dev/{dir}"),
+        )?;
+    }
+    let pts = ctx(resolve(root, "/dev/pts"), || "resolve /dev/pts".into())?;
+    mount_at(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        "/dev/pts",
+    )?;
+    let shm = ctx(resolve(root, "/dev/shm"), || "resolve /dev/shm".into())?;
+    mount_at(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+        "/dev/shm",
+    )?;
+    for (target, name) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("/proc/kcore", "core"),
+    ] {
+        ctx(nix::unistd::symlinkat(target, dev.as_fd(), name), || {
+            format!("symlink /dev/{name}")
+        })?;
+    }
+    if let Some(tty) = console {
+        let c = ctx(
+            openat(
+                dev.as_fd(),
+                "console",
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ),
+            || "create /dev/console".into(),
+        )?;
+        drop(c);
+        let c = ctx(resolve(root, "/dev/console"), || {
+            "resolve /dev/console".into()
+        })?;
+        mount_at(
+            Some(&fd_path(tty)),
+            &c,
+            None,
+            MsFlags::MS_BIND,
+            None,
+            "/dev/console",
+        )?;
+    }
+    Ok(())
+}
+
+/// `pivot_root` into `rootfs` (youki's sequence: the old root is stacked under the new one,
+/// made a slave and detached); chroot only where pivot_root cannot work (an initramfs root).
+fn pivot(rootfs: &Path) -> StepResult<()> {
+    let new_root = ctx(
+        nix::fcntl::open(
+            rootfs,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || format!("open {}", rootfs.display()),
+    )?;
+    ctx(nix::unistd::fchdir(new_root.as_fd()), || {
+        "chdir into the root".into()
+    })?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            ctx(
+                mount(
+                    None::<&str>,
+                    ".",
+                    None::<&str>,
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+                || "make the old root a slave".into(),
+            )?;
+            ctx(umount2(".", MntFlags::MNT_DETACH), || {
+                "detach the old root".into()
+            })?;
+        }
+        Err(e) => {
+            log::warn!(
+                "pivot_root into {} failed ({e}): falling back to chroot (the host root stays \
+                 mounted underneath)",
+                rootfs.display()
+            );
+            ctx(
+                mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>),
+                || "move the root onto /".into(),
+            )?;
+            ctx(nix::unistd::chroot("."), || "chroot".into())?;
+        }
+    }
+    ctx(nix::unistd::chdir("/"), || "chdir /".into())
+}
