@@ -38,55 +38,95 @@ pub fn resolve(root: BorrowedFd<'_>, path: &str) -> nix::Result<OwnedFd> {
     )
 }
 
-/// Like [`resolve`], creating what is missing: directories on the way, and the last
-/// component as a directory (`dir`) or an empty file.
+/// Like [`resolve`], creating what is missing (directories on the way, and the last
+/// component as a directory with `dir`, else an empty file), by a careful walk: one component
+/// at a time from a descriptor, every symlink read and followed by hand with the container's
+/// root as `/` (so `..` and absolute targets stay inside), never more than 40 of them.
 pub fn ensure(root: BorrowedFd<'_>, path: &str, dir: bool) -> StepResult<OwnedFd> {
-    match resolve(root, path) {
-        Ok(fd) => return Ok(fd),
-        Err(Errno::ENOENT) => {}
-        Err(e) => return Err(format!("resolve {path} in the container: {e}")),
-    }
-    let comps = components(path);
-    for i in 1..=comps.len() {
-        let prefix = comps[..i].join("/");
-        match resolve(root, &prefix) {
-            Ok(_) => continue,
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(format!("resolve /{prefix} in the container: {e}")),
+    let open_path = |at: BorrowedFd<'_>, name: &str, flags: OFlag| {
+        openat(
+            at,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | flags,
+            Mode::empty(),
+        )
+    };
+    let mut stack: Vec<OwnedFd> = vec![ctx(open_path(root, ".", OFlag::O_DIRECTORY), || {
+        "open the container root".into()
+    })?];
+    let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c.is_empty() || c == "." {
+            continue;
         }
-        let parent = ctx(resolve(root, &comps[..i - 1].join("/")), || {
-            format!("resolve the parent of /{prefix}")
-        })?;
-        // An O_PATH descriptor cannot be written through: open the directory itself.
-        let parent = ctx(
-            openat(
-                parent.as_fd(),
-                ".",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ),
-            || format!("open the parent of /{prefix}"),
-        )?;
-        let name = comps[i - 1];
-        let r = if i == comps.len() && !dir {
-            openat(
-                parent.as_fd(),
-                name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            )
-            .map(drop)
-        } else {
-            mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
-        };
-        match r {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("create /{prefix} in the container: {e}")),
+        if c == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let last = todo.iter().all(|t| t.is_empty() || t == ".");
+        let cur = stack.last().expect("the root stays").as_fd();
+        match nix::sys::stat::fstatat(cur, c.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("{path}: too many levels of symbolic links"));
+                }
+                let target = ctx(nix::fcntl::readlinkat(cur, c.as_str()), || {
+                    format!("readlink {c} in {path}")
+                })?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    stack.truncate(1);
+                }
+                todo.extend(target.split('/').rev().map(str::to_string));
+            }
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                let fd = ctx(open_path(cur, &c, OFlag::O_DIRECTORY), || {
+                    format!("open {c} in {path}")
+                })?;
+                stack.push(fd);
+            }
+            Ok(_) if last => {
+                return ctx(open_path(cur, &c, OFlag::empty()), || {
+                    format!("open {path} in the container")
+                });
+            }
+            Ok(_) => return Err(format!("{path}: {c} is not a directory")),
+            Err(Errno::ENOENT) => {
+                // An O_PATH descriptor cannot be written through: open the directory.
+                let parent = ctx(
+                    openat(
+                        cur,
+                        ".",
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ),
+                    || format!("open the parent of {c} in {path}"),
+                )?;
+                let r = if last && !dir {
+                    openat(
+                        parent.as_fd(),
+                        c.as_str(),
+                        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    )
+                    .map(drop)
+                } else {
+                    mkdirat(parent.as_fd(), c.as_str(), Mode::from_bits_truncate(0o755))
+                };
+                match r {
+                    Ok(()) | Err(Errno::EEXIST) => todo.push(c),
+                    Err(e) => return Err(format!("create {c} of {path} in the container: {e}")),
+                }
+            }
+            Err(e) => return Err(format!("stat {c} of {path} in the container: {e}")),
         }
     }
-    ctx(resolve(root, path), || {
-        format!("resolve {path} in the container")
-    })
+    // A directory (or the root) was the last thing reached.
+    Ok(stack.pop().expect("the root stays"))
 }
 
 /// `/proc/self/fd/N`: the object a descriptor holds, as a mount source or target.
@@ -407,8 +447,13 @@ fn setup_dev(root: BorrowedFd<'_>, console: Option<&OwnedFd>) -> StepResult<()> 
         let c = ctx(resolve(root, "/dev/console"), || {
             "resolve /dev/console".into()
         })?;
+        // The terminal by its name in this mount namespace (a descriptor's mount belongs to
+        // the namespace it was opened in, which a bind refuses).
+        let name = ctx(nix::fcntl::readlink(&fd_path(tty)), || {
+            "name the terminal".into()
+        })?;
         mount_at(
-            Some(&fd_path(tty)),
+            Some(Path::new(&name)),
             &c,
             None,
             MsFlags::MS_BIND,

@@ -125,4 +125,5 @@ pub fn fixture_digests() -> serde_json::Value {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+pub mod containers;
 pub mod mounts;
