@@ -554,3 +554,31 @@ pub fn inherited_fd(raw: i32) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: the descriptor is open, and the caller says nothing else owns it.
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
 }
+
+/// Waits up to `timeout` for the child `pid` to end (a pidfd polled, so the wait ends the
+/// moment it does); `true` when it ended. The child is not reaped.
+pub fn wait_child_exit(pid: i32, timeout: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes integer arguments and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return false;
+    }
+    let Some(fd) = inherited_fd(raw as i32) else {
+        return false;
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    loop {
+        match nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
+            Ok(n) => return n > 0,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}

@@ -295,22 +295,12 @@ impl Server {
         if let Err(e) = crate::sys::unmount(&self.mountpoint) {
             log::warn!("unmount {}: {e}", self.mountpoint.display());
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Ok(WaitStatus::StillAlive) => {
-                    log::warn!("the FUSE server {} did not end: killing it", self.pid);
-                    let _ = kill(self.pid, Signal::SIGKILL);
-                    let _ = waitpid(self.pid, None);
-                    let _ = crate::sys::unmount(&self.mountpoint);
-                    return;
-                }
-                _ => return,
-            }
+        if !crate::sys::wait_child_exit(self.pid.as_raw(), Duration::from_secs(5)) {
+            log::warn!("the FUSE server {} did not end: killing it", self.pid);
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = crate::sys::unmount(&self.mountpoint);
         }
+        let _ = waitpid(self.pid, None);
     }
 }
 
@@ -424,7 +414,11 @@ fn start_and_watch(
     notify: &mut Option<OwnedFd>,
 ) -> Result<i32> {
     let cfg = &c.config;
-    super::unmount_stale(paths);
+    super::relaxed_sync(store);
+    if c.row.state != "created" {
+        // A start after a crash or a reboot-like restart may find its old mount.
+        super::unmount_stale(paths);
+    }
     let spec = super::union_spec(store, c)?;
     let blocked = blocked_set();
     let mut old_mask = SigSet::empty();
@@ -445,6 +439,18 @@ fn start_and_watch(
         Ok(code) => *code as i64,
         Err(e) => e.run_exit_code() as i64,
     };
+    if cfg.auto_remove {
+        server.stop();
+        if let Err(e) = store.index().write("remove container", |conn| {
+            index::delete_container(conn, c.id())
+        }) {
+            log::error!("container {}: remove its row: {e}", c.id());
+        }
+        if let Err(e) = store::remove_any(&paths.dir) {
+            log::warn!("remove {}: {e}", paths.dir.display());
+        }
+        return result;
+    }
     if let Err(e) = set_state(store, c.id(), |r| {
         r.state = "exited".into();
         r.exit_code = Some(code);
@@ -454,14 +460,6 @@ fn start_and_watch(
         log::error!("container {}: record its end: {e}", c.id());
     }
     server.stop();
-    if cfg.auto_remove {
-        let _ = store.index().write("remove container", |conn| {
-            index::delete_container(conn, c.id())
-        });
-        if let Err(e) = store::remove_any(&paths.dir) {
-            log::warn!("remove {}: {e}", paths.dir.display());
-        }
-    }
     result
 }
 
