@@ -109,14 +109,22 @@ pub fn start_detached(store: &Store, c: &Container) -> Result<()> {
             // A fresh process: an SQLite connection must not be used across a fork, and this
             // one has the parent's. The pipe goes along as descriptor 3.
             let fail = |m: String| -> ! {
-                report(Some(w.try_clone().expect("dup")), 125, &m);
+                let mut b = vec![125u8];
+                b.extend_from_slice(m.as_bytes());
+                let _ = nix::unistd::write(&w, &b);
                 std::process::exit(125)
             };
             if let Err(e) = crate::sys::dup_onto(w.as_fd(), 3) {
                 fail(format!("dup2: {e}"));
             }
-            let exe = std::ffi::CString::new("/proc/self/exe").expect("no NUL");
-            let args: Vec<std::ffi::CString> = [
+            if w.as_raw_fd() == 3 {
+                // dup2 onto itself keeps close-on-exec: clear it.
+                let _ = nix::fcntl::fcntl(
+                    w.as_fd(),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                );
+            }
+            let args: std::result::Result<Vec<std::ffi::CString>, _> = [
                 "strata".as_bytes(),
                 b"--root",
                 store.root().as_os_str().as_encoded_bytes(),
@@ -126,9 +134,12 @@ pub fn start_detached(store: &Store, c: &Container) -> Result<()> {
                 c.id().as_bytes(),
             ]
             .iter()
-            .map(|a| std::ffi::CString::new(*a).expect("no NUL in the arguments"))
+            .map(|a| std::ffi::CString::new(*a))
             .collect();
-            let e = match nix::unistd::execv(&exe, &args) {
+            let Ok(args) = args else {
+                fail("a NUL byte in the store path".into())
+            };
+            let e = match nix::unistd::execv(c"/proc/self/exe", &args) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
