@@ -713,6 +713,17 @@ fn tty_is_a_real_terminal_with_the_window_size() {
     assert!(out.contains("both-tty"), "{out}");
     assert!(out.contains("45 123"), "{out}");
     assert_eq!(o.status.code(), Some(4), "{out}");
+    // SIGWINCH: a new size of strata's terminal reaches the container's.
+    let cmdline = format!(
+        "stty rows 45 cols 123; {} --root {} run --rm -t busybox sh -c 'sleep 1; stty size' </dev/tty & sleep 0.4; stty rows 22 cols 99; kill -WINCH $!; wait $!",
+        bin.display(),
+        t.root().display()
+    );
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmdline, "/dev/null"]);
+    let o = output_with_timeout(c, None, Duration::from_secs(30));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("22 99"), "{out}");
     // Without a terminal of its own, -t still gives the container one.
     let out = t.ok(&[
         "run",

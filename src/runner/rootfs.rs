@@ -509,3 +509,50 @@ fn pivot(rootfs: &Path) -> StepResult<()> {
     }
     ctx(nix::unistd::chdir("/"), || "chdir /".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path an `O_PATH` descriptor names (through /proc).
+    fn path_of(fd: &OwnedFd) -> PathBuf {
+        std::fs::read_link(fd_path(fd)).unwrap()
+    }
+
+    #[test]
+    fn ensure_keeps_symlinks_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // Absolute and relative escapes, and a loop.
+        std::os::unix::fs::symlink(
+            format!("/../../..{}", outside.display()),
+            root.join("etc/x"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../../../../outside", root.join("etc/y")).unwrap();
+        std::os::unix::fs::symlink("/etc/loop", root.join("etc/loop")).unwrap();
+        let rootfd = nix::fcntl::open(
+            &root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let fd = ensure(rootfd.as_fd(), "/etc/x", true).unwrap();
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(path_of(&fd), inside);
+        assert!(inside.is_dir());
+        let fd = ensure(rootfd.as_fd(), "/etc/y/file", false).unwrap();
+        assert_eq!(path_of(&fd), root.join("outside/file"));
+        assert!(ensure(rootfd.as_fd(), "/etc/loop/z", true).is_err());
+        // Nothing was made outside the root.
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // `..` stops at the root.
+        let fd = ensure(rootfd.as_fd(), "/../../proc", true).unwrap();
+        assert_eq!(path_of(&fd), root.join("proc"));
+        let fd = resolve(rootfd.as_fd(), "/etc/x").unwrap();
+        assert_eq!(path_of(&fd), inside);
+    }
+}
