@@ -263,9 +263,18 @@ fn rm_leaves_nothing_behind() {
     assert_eq!(code, 3);
     let (code, _, _) = t.status(&["run", "--rm", "busybox", "no-such-command"]);
     assert_eq!(code, 127);
-    let id = t.ok(&["run", "-d", "--rm", "busybox", "sleep", "0.2"]);
+    let id = t.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.3; exit 6",
+    ]);
     assert_eq!(id.trim().len(), 64);
-    t.ok(&["wait", id.trim()]);
+    // wait gives the code of a --rm container too (docker's wait on it).
+    assert_eq!(t.ok(&["wait", id.trim()]), "6\n");
     assert!(t.wait_no_processes().is_empty());
     assert_eq!(t.ok(&["ps", "-aq"]), "");
     assert_eq!(fs::read_dir(t.containers_dir()).unwrap().count(), 0);

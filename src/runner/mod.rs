@@ -159,11 +159,15 @@ pub fn monitor_alive(paths: &Paths) -> bool {
     }
 }
 
-/// Blocks until no monitor holds the container's lock (it has finished).
-pub fn wait_monitor(paths: &Paths) {
-    if let Ok(f) = File::open(paths.lock()) {
-        let _ = Flock::lock(f, FlockArg::LockShared);
-    }
+/// Blocks until no monitor holds the container's lock (it has finished); the exit status
+/// the last monitor left in it, if any.
+pub fn wait_monitor(paths: &Paths) -> Option<i64> {
+    use std::io::Read;
+    let f = File::open(paths.lock()).ok()?;
+    let mut l = Flock::lock(f, FlockArg::LockShared).ok()?;
+    let mut s = String::new();
+    l.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
 }
 
 fn status_of(row: &ContainerRow, paths: &Paths) -> Status {
@@ -410,14 +414,14 @@ pub fn stop(store: &Store, c: &Container, timeout: Duration) -> Result<()> {
 /// Waits until a container stops; its exit code.
 pub fn wait(store: &Store, c: &Container) -> Result<i64> {
     let paths = Paths::new(store, c.id());
-    wait_monitor(&paths);
+    let last = wait_monitor(&paths);
     match reload(store, c.id())? {
         Some(c) => match c.status {
             Status::Exited { code, .. } => Ok(code),
-            _ => Ok(0),
+            _ => Ok(last.unwrap_or(0)),
         },
-        // Removed (--rm) once it stopped: its code is gone with it, as docker's.
-        None => Ok(0),
+        // Removed (--rm) once it stopped: the status its monitor left in the lock file.
+        None => Ok(last.unwrap_or(0)),
     }
 }
 

@@ -407,13 +407,26 @@ fn run_monitor(
         }
     };
     let mut notify = notify;
-    match start_and_watch(store, c, &paths, &lock, streams, &mut notify) {
+    let result = match start_and_watch(store, c, &paths, &lock, streams, &mut notify) {
         Ok(code) => Ok(code),
         Err(e) => {
             report(notify.take(), e.run_exit_code() as u8, &e.to_string());
             Err(e)
         }
+    };
+    // The exit status, for `wait`ers that hold the lock file open (its directory may be gone
+    // with --rm), written before the lock is released.
+    let code = match &result {
+        Ok(code) => *code,
+        Err(e) => e.run_exit_code(),
+    };
+    {
+        use std::os::unix::fs::FileExt;
+        let _ = lock.set_len(0);
+        let _ = lock.write_at(code.to_string().as_bytes(), 0);
     }
+    drop(lock);
+    result
 }
 
 fn start_and_watch(
