@@ -582,3 +582,116 @@ pub fn wait_child_exit(pid: i32, timeout: std::time::Duration) -> bool {
         }
     }
 }
+
+/// A unix socket pair (`SOCK_SEQPACKET`, close-on-exec), for handing a descriptor to a parent.
+pub fn seqpacket_pair() -> nix::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into the array, which is valid.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    Errno::result(r)?;
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Sends the descriptor `fd` over the unix socket `sock` (SCM_RIGHTS, one byte of data).
+pub fn send_fd(sock: impl AsFd, fd: impl AsFd) -> nix::Result<()> {
+    let raw = fd.as_fd().as_raw_fd();
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call, and the
+    // control buffer is CMSG_SPACE bytes for one descriptor, as CMSG_FIRSTHDR/CMSG_DATA expect.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), raw);
+        Errno::result(libc::sendmsg(sock.as_fd().as_raw_fd(), &msg, 0)).map(drop)
+    }
+}
+
+/// Receives a descriptor sent with [`send_fd`]; `None` when the other end closed without one.
+pub fn recv_fd(sock: impl AsFd) -> Option<std::os::fd::OwnedFd> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in send_fd; the received descriptor is new (MSG_CMSG_CLOEXEC) and owned by
+    // nothing else.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = loop {
+            let n = libc::recvmsg(sock.as_fd().as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n;
+        };
+        if n <= 0 {
+            return None;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return None;
+        }
+        let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        use std::os::fd::FromRawFd;
+        Some(std::os::fd::OwnedFd::from_raw_fd(raw))
+    }
+}
+
+/// For the master side of a new pseudo-terminal (opened from a `ptmx`): unlocks it and opens
+/// its slave side (`TIOCGPTPEER`, so the slave is the one of the same devpts instance).
+pub fn pty_peer(master: impl AsFd) -> nix::Result<std::os::fd::OwnedFd> {
+    let m = master.as_fd().as_raw_fd();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer, which is valid.
+    Errno::result(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let raw = unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    Errno::result(raw)?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor is new and owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}

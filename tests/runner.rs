@@ -711,7 +711,7 @@ fn tty_is_a_real_terminal_with_the_window_size() {
     let t = Containers::new();
     let bin = common::strata_bin();
     let cmdline = format!(
-        "stty rows 45 cols 123; {} --root {} run --rm -t busybox sh -c 'test -t 0 && test -t 1 && echo both-tty; stty size; exit 4'",
+        "stty rows 45 cols 123; {} --root {} run --rm -t busybox sh -c 'test -t 0 && test -t 1 && echo both-tty; tty; stty size; exit 4'",
         bin.display(),
         t.root().display()
     );
@@ -721,6 +721,8 @@ fn tty_is_a_real_terminal_with_the_window_size() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("both-tty"), "{out}");
     assert!(out.contains("45 123"), "{out}");
+    // The terminal is one of the container's own devpts, as docker's.
+    assert!(out.contains("/dev/pts/0"), "{out}");
     assert_eq!(o.status.code(), Some(4), "{out}");
     // SIGWINCH: a new size of strata's terminal reaches the container's.
     let cmdline = format!(

@@ -353,17 +353,22 @@ pub struct ChildIo {
     pub stderr: Option<OwnedFd>,
 }
 
+/// In a child: makes `tty` its controlling terminal (in a new session) and its streams.
+fn install_tty(tty: &OwnedFd) -> std::result::Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    crate::sys::set_controlling_terminal(tty.as_fd())
+        .map_err(|e| format!("set the controlling terminal: {e}"))?;
+    for t in 0..3 {
+        crate::sys::dup_onto(tty.as_fd(), t).map_err(|e| format!("dup2: {e}"))?;
+    }
+    Ok(())
+}
+
 impl ChildIo {
     /// In the child: installs the streams (0, 1, 2) and the controlling terminal.
     pub fn install(&self) -> std::result::Result<(), String> {
         if let Some(tty) = &self.tty {
-            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-            crate::sys::set_controlling_terminal(tty.as_fd())
-                .map_err(|e| format!("set the controlling terminal: {e}"))?;
-            for t in 0..3 {
-                crate::sys::dup_onto(tty.as_fd(), t).map_err(|e| format!("dup2: {e}"))?;
-            }
-            return Ok(());
+            return install_tty(tty);
         }
         for (fd, t) in [(&self.stdin, 0), (&self.stdout, 1), (&self.stderr, 2)] {
             if let Some(fd) = fd {
@@ -378,18 +383,6 @@ fn dev_null() -> Result<OwnedFd> {
     Ok(File::open("/dev/null")
         .map_err(|e| Error::sys("open /dev/null", e))?
         .into())
-}
-
-/// Opens a terminal pair sized as the monitor's own terminal.
-pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
-    let ws = crate::sys::window_size(std::io::stdin().as_fd()).map(|w| nix::pty::Winsize {
-        ws_row: w.ws_row,
-        ws_col: w.ws_col,
-        ws_xpixel: w.ws_xpixel,
-        ws_ypixel: w.ws_ypixel,
-    });
-    let p = nix::pty::openpty(ws.as_ref(), None).map_err(|e| Error::sys("openpty", e))?;
-    Ok((p.master, p.slave))
 }
 
 fn run_monitor(
@@ -504,19 +497,22 @@ fn run_container(
 ) -> Result<i32> {
     let cfg = &c.config;
     // The container's streams.
-    let (master, io) = if cfg.tty {
-        let (m, s) = open_pty()?;
-        (
-            Some(m),
-            ChildIo {
-                tty: Some(s),
-                stdin: None,
-                stdout: None,
-                stderr: None,
-            },
-        )
+    // With -t, the container makes its terminal in its own devpts and hands the master side
+    // over this socket.
+    let console = if cfg.tty {
+        Some(crate::sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?)
     } else {
-        let io = match streams {
+        None
+    };
+    let io = if cfg.tty {
+        ChildIo {
+            tty: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        }
+    } else {
+        match streams {
             Streams::Inherit => ChildIo {
                 tty: None,
                 stdin: Some(if cfg.interactive {
@@ -536,9 +532,9 @@ fn run_container(
                 stdout: Some(open_log(&paths.stdout_log())?),
                 stderr: Some(open_log(&paths.stderr_log())?),
             },
-        };
-        (None, io)
+        }
     };
+    let size = crate::sys::window_size(std::io::stdin().as_fd());
     let etc = EtcFiles {
         hosts: paths.etc("hosts"),
         hostname: paths.etc("hostname"),
@@ -567,8 +563,18 @@ fn run_container(
         if let Err(m) = io.install() {
             return fail(125, m);
         }
-        if let Err(m) = rootfs::setup(cfg, &merged, &etc, io.tty.as_ref()) {
-            return fail(125, m);
+        let req = console.as_ref().map(|(_, child)| rootfs::ConsoleRequest {
+            socket: child,
+            size,
+        });
+        match rootfs::setup(cfg, &merged, &etc, req.as_ref()) {
+            Ok(Some(tty)) => {
+                if let Err(m) = install_tty(&tty) {
+                    return fail(125, m);
+                }
+            }
+            Ok(None) => {}
+            Err(m) => return fail(125, m),
         }
         let StartError { code, message } = process::exec(cfg, &argv, &[]);
         fail(code, message)
@@ -576,6 +582,11 @@ fn run_container(
     .map_err(|e| Error::sys("clone the container process", e))?;
     drop(err_w);
     drop(io);
+    // The terminal's master side, unless the container failed before making it.
+    let master = console.and_then(|(parent, child)| {
+        drop(child);
+        crate::sys::recv_fd(&parent)
+    });
     let _ = set_state(store, c.id(), |r| {
         r.state = "running".into();
         r.pid = Some(pid.as_raw() as i64);
@@ -797,31 +808,21 @@ pub fn exec_in(c: &Container, opts: &ExecOptions) -> Result<i32> {
     let _restore_mask = RestoreMask(old_mask);
     let sfd = SignalFd::with_flags(&blocked, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Error::sys("signalfd", e))?;
-    let (master, io) = if opts.tty {
-        let (m, s) = open_pty()?;
-        (
-            Some(m),
-            ChildIo {
-                tty: Some(s),
-                stdin: None,
-                stdout: None,
-                stderr: None,
-            },
-        )
+    let console = if opts.tty {
+        Some(crate::sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?)
     } else {
-        (
-            None,
-            ChildIo {
-                tty: None,
-                stdin: if opts.interactive {
-                    None
-                } else {
-                    Some(dev_null()?)
-                },
-                stdout: None,
-                stderr: None,
-            },
-        )
+        None
+    };
+    let size = crate::sys::window_size(std::io::stdin().as_fd());
+    let io = ChildIo {
+        tty: None,
+        stdin: if opts.interactive || opts.tty {
+            None
+        } else {
+            Some(dev_null()?)
+        },
+        stdout: None,
+        stderr: None,
     };
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
     // Joining a pid namespace applies to the children made afterwards: the forked child is
@@ -852,6 +853,25 @@ pub fn exec_in(c: &Container, opts: &ExecOptions) -> Result<i32> {
             if let Err(e) = nix::unistd::chdir("/") {
                 fail(125, format!("chdir /: {e}"));
             }
+            if let Some((_, child)) = &console {
+                // A terminal of the container's own devpts.
+                let req = rootfs::ConsoleRequest {
+                    socket: child,
+                    size,
+                };
+                let tty = match nix::fcntl::open(
+                    "/dev/pts",
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                ) {
+                    Ok(pts) => rootfs::new_pty(pts.as_fd(), &req),
+                    Err(e) => Err(format!("open /dev/pts: {e}")),
+                };
+                match tty.and_then(|t| install_tty(&t)) {
+                    Ok(()) => {}
+                    Err(m) => fail(125, m),
+                }
+            }
             let StartError { code, message } = process::exec(&cfg, &opts.cmd, &opts.env);
             fail(code, message)
         }
@@ -859,6 +879,10 @@ pub fn exec_in(c: &Container, opts: &ExecOptions) -> Result<i32> {
     };
     drop(err_w);
     drop(io);
+    let master = console.and_then(|(parent, child)| {
+        drop(child);
+        crate::sys::recv_fd(&parent)
+    });
     let mut buf = Vec::new();
     let _ = File::from(err_r).read_to_end(&mut buf);
     if let Some((code, msg)) = buf.split_first() {

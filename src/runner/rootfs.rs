@@ -192,13 +192,15 @@ const READ_ONLY: &[&str] = &[
 ];
 
 /// Sets up the container's mounts on the union view at `rootfs` (in the container's new mount
-/// namespace) and pivots into it. `console` is the terminal to show as `/dev/console`.
+/// namespace) and pivots into it. With a `console` request, a terminal is made in the
+/// container's own devpts, shown as `/dev/console`, its master side sent over the request's
+/// socket; its slave side is returned (for the command's streams).
 pub fn setup(
     cfg: &ContainerConfig,
     rootfs: &Path,
     etc: &EtcFiles,
-    console: Option<&OwnedFd>,
-) -> StepResult<()> {
+    console: Option<&ConsoleRequest<'_>>,
+) -> StepResult<Option<OwnedFd>> {
     // Nothing done here may reach the host's mounts.
     ctx(
         mount(
@@ -240,7 +242,7 @@ pub fn setup(
         Some("mode=755,size=65536k"),
         "/dev",
     )?;
-    setup_dev(root, console)?;
+    let tty = setup_dev(root, console)?;
 
     let sys = ensure(root, "/sys", true)?;
     let ro = MsFlags::MS_RDONLY;
@@ -358,11 +360,45 @@ pub fn setup(
             || "make the root read-only".into(),
         )?;
     }
-    Ok(())
+    Ok(tty)
+}
+
+/// A terminal the container's process asks its parent to copy: the socket to send the master
+/// side on, and the window size to give it.
+pub struct ConsoleRequest<'a> {
+    pub socket: &'a OwnedFd,
+    pub size: Option<libc::winsize>,
+}
+
+/// Makes a new pseudo-terminal in the devpts at `pts` (the container's), sized as asked,
+/// sends its master side over the request's socket and returns its slave side.
+pub fn new_pty(pts: BorrowedFd<'_>, req: &ConsoleRequest<'_>) -> StepResult<OwnedFd> {
+    let master = ctx(
+        openat(
+            pts,
+            "ptmx",
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || "open /dev/pts/ptmx".into(),
+    )?;
+    let slave = ctx(crate::sys::pty_peer(master.as_fd()), || {
+        "open the terminal's slave side".into()
+    })?;
+    if let Some(ws) = &req.size {
+        let _ = crate::sys::set_window_size(master.as_fd(), ws);
+    }
+    ctx(crate::sys::send_fd(req.socket, master.as_fd()), || {
+        "hand the terminal to the monitor".into()
+    })?;
+    Ok(slave)
 }
 
 /// The minimal `/dev` on the fresh tmpfs.
-fn setup_dev(root: BorrowedFd<'_>, console: Option<&OwnedFd>) -> StepResult<()> {
+fn setup_dev(
+    root: BorrowedFd<'_>,
+    console: Option<&ConsoleRequest<'_>>,
+) -> StepResult<Option<OwnedFd>> {
     let dev = ctx(resolve(root, "/dev"), || "resolve /dev".into())?;
     let dev = ctx(
         openat(
@@ -433,35 +469,38 @@ fn setup_dev(root: BorrowedFd<'_>, console: Option<&OwnedFd>) -> StepResult<()> 
             format!("symlink /dev/{name}")
         })?;
     }
-    if let Some(tty) = console {
-        let c = ctx(
-            openat(
-                dev.as_fd(),
-                "console",
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            ),
-            || "create /dev/console".into(),
-        )?;
-        drop(c);
-        let c = ctx(resolve(root, "/dev/console"), || {
-            "resolve /dev/console".into()
-        })?;
-        // The terminal by its name in this mount namespace (a descriptor's mount belongs to
-        // the namespace it was opened in, which a bind refuses).
-        let name = ctx(nix::fcntl::readlink(&fd_path(tty)), || {
-            "name the terminal".into()
-        })?;
-        mount_at(
-            Some(Path::new(&name)),
-            &c,
-            None,
-            MsFlags::MS_BIND,
-            None,
-            "/dev/console",
-        )?;
-    }
-    Ok(())
+    let Some(req) = console else {
+        return Ok(None);
+    };
+    let pts = ctx(resolve(root, "/dev/pts"), || "resolve /dev/pts".into())?;
+    let tty = new_pty(pts.as_fd(), req)?;
+    let c = ctx(
+        openat(
+            dev.as_fd(),
+            "console",
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ),
+        || "create /dev/console".into(),
+    )?;
+    drop(c);
+    let c = ctx(resolve(root, "/dev/console"), || {
+        "resolve /dev/console".into()
+    })?;
+    // The terminal by its name in this mount namespace (a descriptor's mount belongs to the
+    // namespace it was opened in, which a bind refuses).
+    let name = ctx(nix::fcntl::readlink(&fd_path(&tty)), || {
+        "name the terminal".into()
+    })?;
+    mount_at(
+        Some(Path::new(&name)),
+        &c,
+        None,
+        MsFlags::MS_BIND,
+        None,
+        "/dev/console",
+    )?;
+    Ok(Some(tty))
 }
 
 /// `pivot_root` into `rootfs` (youki's sequence: the old root is stacked under the new one,
