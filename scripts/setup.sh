@@ -4,7 +4,7 @@
 #   2. builds strata (cargo build --release --locked) and installs it as /usr/local/bin/strata;
 #   3. builds the default busybox image locally (scripts/default-image.sh, no registry) and
 #      imports it as busybox:latest unless the store already has that tag;
-#   4. runs the main job (main_job, at the end of this file).
+#   4. runs the main job (main_job, at the end of this file), which ends by running a container.
 # Works from any directory. The store is strata's default (--root / STRATA_ROOT).
 set -euo pipefail
 
@@ -44,7 +44,6 @@ fi
 
 # ---------------------------------------------------------------------------------------
 # THE MAIN JOB: the one place that says what `bash scripts/setup.sh` finally runs.
-# (A later issue replaces this with `strata run --rm busybox ...`.)
 main_job() {
   "$STRATA" images
   # The image's layers as one read-only union mount (strata's own FUSE server).
@@ -54,6 +53,11 @@ main_job() {
   ls "$mnt"
   grep " $mnt " /proc/self/mounts
   "$STRATA" umount busybox:latest
+  # Last: a container of the default image, on its own union mount (image layers + its upper),
+  # in new namespaces; it prints its root mount (strata's FUSE union) and its root directory.
+  echo "strata run --rm busybox:latest ...:"
+  "$STRATA" run --rm busybox:latest sh -c \
+    'echo "root mount: $(head -1 /proc/self/mountinfo)"; echo "pid $$ on $(hostname)"; ls /'
 }
 
 step "main job"

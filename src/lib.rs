@@ -6,6 +6,7 @@
 //! - [`cow`]: the union logic; for now the on-disk overlay encoding the store writes.
 //! - [`fuse`]: the FUSE server, a thin adapter from `fuser` to the union.
 //! - [`cli`]: the `strata` command line and its docker-like output.
+//! - [`runner`]: containers: `run` and the life cycle on the union mount.
 //! - [`progress`]: progress bars on a terminal, silence otherwise.
 //! - [`sys`]: the few raw system calls `nix` does not wrap (the only `unsafe` code).
 
@@ -13,5 +14,6 @@ pub mod cli;
 pub mod cow;
 pub mod fuse;
 pub mod progress;
+pub mod runner;
 pub mod store;
 pub mod sys;

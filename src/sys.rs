@@ -374,3 +374,324 @@ pub fn set_fsxattr(fd: impl AsFd, value: &[u8; FSXATTR_SIZE]) -> nix::Result<()>
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), FS_IOC_FSSETXATTR, value.as_ptr()) };
     Errno::result(r).map(drop)
 }
+
+// ---- processes and namespaces (the runner's)
+
+/// Runs `f` in a new child process made by `clone(2)` with `flags` (namespace flags such as
+/// `CLONE_NEWPID`), which reports its end with SIGCHLD like a forked child; returns its pid.
+/// The child exits with what `f` returns. Call it while the process has a single thread.
+pub fn clone_process(
+    flags: nix::sched::CloneFlags,
+    f: impl FnMut() -> isize,
+) -> nix::Result<nix::unistd::Pid> {
+    // The child gets a copy of this stack (no CLONE_VM): it runs on its own memory.
+    let mut stack = vec![0u8; 1 << 20];
+    // SAFETY: the process is single-threaded here (the runner's monitor makes no threads), so
+    // the child may run arbitrary code, as after fork; the stack is large for what it runs.
+    unsafe { nix::sched::clone(Box::new(f), &mut stack, flags, Some(libc::SIGCHLD)) }
+}
+
+/// `fork(2)`. Call it while the process has a single thread.
+pub fn fork_process() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the callers (the runner's monitor and `exec`) have a single thread when they fork.
+    unsafe { nix::unistd::fork() }
+}
+
+/// The highest capability number this kernel knows.
+pub fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Drops every capability not in `keep` (a bit mask) from the bounding set.
+pub fn drop_bounding_capabilities(keep: u64) -> nix::Result<()> {
+    for cap in 0..=last_capability() {
+        if keep & (1u64 << cap) == 0 {
+            // SAFETY: prctl with integer arguments only.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            match Errno::result(r) {
+                Ok(_) | Err(Errno::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Sets the effective, permitted and inheritable capability sets to `caps` (a bit mask).
+pub fn set_capabilities(caps: u64) -> nix::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let lo = caps as u32;
+    let hi = (caps >> 32) as u32;
+    let data = [
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: capset reads a version-3 header and two data structs, both valid and sized so.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// Marks every descriptor from `first` on close-on-exec (so an exec leaks none of them).
+pub fn cloexec_from(first: u32) {
+    // SAFETY: close_range with integer arguments only; CLOSE_RANGE_CLOEXEC closes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
+/// Makes the terminal `fd` the controlling terminal of this (session leader) process.
+pub fn set_controlling_terminal(fd: impl AsFd) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// The window size of a terminal.
+pub fn window_size(fd: impl AsFd) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a struct winsize to the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (r == 0).then_some(ws)
+}
+
+/// Sets the window size of a terminal.
+pub fn set_window_size(fd: impl AsFd, ws: &libc::winsize) -> nix::Result<()> {
+    // SAFETY: TIOCSWINSZ reads a struct winsize from the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, ws) };
+    Errno::result(r).map(drop)
+}
+
+/// Whether a process with this pid exists now (a zombie counts).
+pub fn process_exists(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Gives every signal its default action and unblocks all (a child about to run another
+/// program: Rust ignores SIGPIPE, the runner blocks the signals it forwards).
+pub fn reset_signals() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing the default action runs no code of ours in a handler.
+            let _ = unsafe { sigaction(sig, &dfl) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Duplicates `fd` onto the descriptor number `target` (for a child's standard streams).
+pub fn dup_onto(fd: impl AsFd, target: i32) -> nix::Result<()> {
+    // SAFETY: dup2 onto a standard descriptor of this process; the old one is replaced.
+    let r = unsafe { libc::dup2(fd.as_fd().as_raw_fd(), target) };
+    Errno::result(r).map(drop)
+}
+
+/// Closes a descriptor number this process holds and no Rust object owns any more (in a
+/// forked child, a descriptor the parent's objects own).
+pub fn close_raw(fd: i32) {
+    // SAFETY: closing a descriptor number; the forked child never uses its owner again.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Takes ownership of a descriptor number handed over by a parent process (it must be open
+/// and owned by nothing else in this process); `None` if it is not open.
+pub fn inherited_fd(raw: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only queries the descriptor.
+    if raw < 3 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open, and the caller says nothing else owns it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}
+
+/// Waits up to `timeout` for the child `pid` to end (a pidfd polled, so the wait ends the
+/// moment it does); `true` when it ended. The child is not reaped.
+pub fn wait_child_exit(pid: i32, timeout: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes integer arguments and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return false;
+    }
+    let Some(fd) = inherited_fd(raw as i32) else {
+        return false;
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    loop {
+        match nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
+            Ok(n) => return n > 0,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A unix socket pair (`SOCK_SEQPACKET`, close-on-exec), for handing a descriptor to a parent.
+pub fn seqpacket_pair() -> nix::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into the array, which is valid.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    Errno::result(r)?;
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Sends the descriptor `fd` over the unix socket `sock` (SCM_RIGHTS, one byte of data).
+pub fn send_fd(sock: impl AsFd, fd: impl AsFd) -> nix::Result<()> {
+    let raw = fd.as_fd().as_raw_fd();
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call, and the
+    // control buffer is CMSG_SPACE bytes for one descriptor, as CMSG_FIRSTHDR/CMSG_DATA expect.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), raw);
+        Errno::result(libc::sendmsg(sock.as_fd().as_raw_fd(), &msg, 0)).map(drop)
+    }
+}
+
+/// Receives a descriptor sent with [`send_fd`]; `None` when the other end closed without one.
+pub fn recv_fd(sock: impl AsFd) -> Option<std::os::fd::OwnedFd> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in send_fd; the received descriptor is new (MSG_CMSG_CLOEXEC) and owned by
+    // nothing else.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = loop {
+            let n = libc::recvmsg(sock.as_fd().as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n;
+        };
+        if n <= 0 {
+            return None;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return None;
+        }
+        let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        use std::os::fd::FromRawFd;
+        Some(std::os::fd::OwnedFd::from_raw_fd(raw))
+    }
+}
+
+/// For the master side of a new pseudo-terminal (opened from a `ptmx`): unlocks it and opens
+/// its slave side (`TIOCGPTPEER`, so the slave is the one of the same devpts instance).
+pub fn pty_peer(master: impl AsFd) -> nix::Result<std::os::fd::OwnedFd> {
+    let m = master.as_fd().as_raw_fd();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer, which is valid.
+    Errno::result(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let raw = unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    Errno::result(raw)?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor is new and owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}

@@ -2,6 +2,7 @@
 //! way docker (or podman, where docker has no such command) prints it. No store logic lives
 //! here; every command is a call into the library.
 
+pub mod containers;
 pub mod format;
 pub mod mount;
 pub mod registry;
@@ -110,6 +111,99 @@ pub enum Command {
     Login(registry::LoginArgs),
     /// Log out from a registry
     Logout(registry::LogoutArgs),
+    /// Create and run a new container from an image
+    Run(containers::RunArgs),
+    /// Create a new container
+    Create(containers::RunArgs),
+    /// List containers
+    Ps(containers::PsArgs),
+    /// Start one or more stopped containers
+    Start {
+        /// Attach STDOUT/STDERR and forward signals
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop one or more running containers
+    Stop {
+        /// Seconds to wait before killing the container
+        #[arg(short = 't', long = "time", alias = "timeout", default_value = "10")]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart one or more containers
+    Restart {
+        /// Seconds to wait before killing the container
+        #[arg(short = 't', long = "time", alias = "timeout", default_value = "10")]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Kill one or more running containers
+    Kill {
+        /// Signal to send to the container
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove one or more containers
+    Rm {
+        /// Force the removal of a running container (uses SIGKILL)
+        #[arg(short, long)]
+        force: bool,
+        /// Remove anonymous volumes associated with the container (there are none)
+        #[arg(short, long)]
+        volumes: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Fetch the logs of a container
+    Logs {
+        /// Follow log output
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Execute a command in a running container
+    Exec(containers::ExecArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Create a new image from a container's changes
+    Commit {
+        /// Commit message
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author
+        #[arg(short, long)]
+        author: Option<String>,
+        container: String,
+        /// REPOSITORY[:TAG]
+        name: Option<String>,
+    },
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff { container: String },
+    /// Export a container's filesystem as a tar archive
+    Export {
+        /// Write to a file, instead of STDOUT
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        container: String,
+    },
+    /// Copy files/folders between a container and the local filesystem
+    Cp { src: String, dest: String },
+    /// (internal) The background monitor of a detached container
+    #[command(hide = true)]
+    ContainerMonitor {
+        #[arg(long)]
+        notify_fd: Option<i32>,
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +364,89 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Push(a) => return registry::push(&cli, a),
         Command::Login(a) => return registry::login(&cli, a),
         Command::Logout(a) => return registry::logout(a),
+        Command::Run(a) => {
+            let s = open_store(&cli).map_err(|f| Failure { code: 125, ..f })?;
+            return containers::run(&s, a);
+        }
+        Command::Create(a) => {
+            let s = open_store(&cli).map_err(|f| Failure { code: 125, ..f })?;
+            return containers::create(&s, a);
+        }
+        Command::Ps(a) => return containers::ps(&open_store(&cli)?, a),
+        Command::Start {
+            attach,
+            containers: c,
+        } => {
+            return containers::start(&open_store(&cli)?, *attach, c);
+        }
+        Command::Stop {
+            time,
+            containers: c,
+        } => {
+            return containers::stop(&open_store(&cli)?, *time, c);
+        }
+        Command::Restart {
+            time,
+            containers: c,
+        } => {
+            return containers::restart(&open_store(&cli)?, *time, c);
+        }
+        Command::Kill {
+            signal,
+            containers: c,
+        } => {
+            return containers::kill(&open_store(&cli)?, signal, c);
+        }
+        Command::Rm {
+            force,
+            volumes: _,
+            containers: c,
+        } => {
+            return containers::rm(&open_store(&cli)?, *force, c);
+        }
+        Command::Logs { follow, container } => {
+            return containers::logs(&open_store(&cli)?, *follow, container);
+        }
+        Command::Exec(a) => {
+            let s = open_store(&cli).map_err(|f| Failure { code: 125, ..f })?;
+            return containers::exec(&s, a);
+        }
+        Command::Wait { containers: c } => return containers::wait(&open_store(&cli)?, c),
+        Command::Commit {
+            message,
+            author,
+            container,
+            name,
+        } => {
+            return containers::commit(
+                &open_store(&cli)?,
+                container,
+                name.as_deref(),
+                message.as_deref(),
+                author.as_deref(),
+            );
+        }
+        Command::Diff { container } => return containers::diff(&open_store(&cli)?, container),
+        Command::Export { output, container } => {
+            return containers::export(&open_store(&cli)?, output.as_deref(), container);
+        }
+        Command::Cp { src, dest } => return containers::cp(&open_store(&cli)?, src, dest),
+        Command::ContainerMonitor { notify_fd, id } => {
+            let notify = notify_fd.and_then(crate::sys::inherited_fd);
+            let s = match open_store(&cli) {
+                Ok(s) => s,
+                Err(f) => {
+                    if let Some(n) = notify {
+                        let mut b = vec![125u8];
+                        b.extend_from_slice(f.message.as_bytes());
+                        let _ = nix::unistd::write(&n, &b);
+                    }
+                    return Err(Failure { code: 125, ..f });
+                }
+            };
+            let code = crate::runner::monitor::monitor_main(&s, id, notify);
+            std::process::exit(code);
+        }
         Command::Import(a) => {
             let s = open_store(&cli)?;
             let opts = ImportOptions {

@@ -811,3 +811,128 @@ mod tests {
         assert_eq!(idx.count("lease_refs").unwrap(), 1);
     }
 }
+
+// ---- containers (the runner's rows; the store only keeps them)
+
+/// A container row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRow {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+    pub image_id: Digest,
+    /// The image as the user named it.
+    pub image_ref: String,
+    /// JSON array: the argv run.
+    pub command: String,
+    /// `created`, `running` or `exited`.
+    pub state: String,
+    pub exit_code: Option<i64>,
+    /// The container's first process, as the host sees it.
+    pub pid: Option<i64>,
+    pub created: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    /// JSON: the run options.
+    pub config: String,
+}
+
+const CONTAINER_SELECT: &str = "SELECT id, name, image_id, image_ref, command, state, exit_code, pid, created, started, finished, config FROM containers";
+
+fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
+    Ok(ContainerRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        image_id: digest_col(r, 2)?,
+        image_ref: r.get(3)?,
+        command: r.get(4)?,
+        state: r.get(5)?,
+        exit_code: r.get(6)?,
+        pid: r.get(7)?,
+        created: r.get(8)?,
+        started: r.get(9)?,
+        finished: r.get(10)?,
+        config: r.get(11)?,
+    })
+}
+
+impl Index {
+    /// Every container, newest first.
+    pub fn containers(&self) -> Result<Vec<ContainerRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("{CONTAINER_SELECT} ORDER BY created DESC, id"))
+            .dbctx("list containers")?;
+        st.query_map([], container_row)
+            .dbctx("list containers")?
+            .collect::<rusqlite::Result<_>>()
+            .dbctx("list containers")
+    }
+
+    /// The container with this id.
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRow>> {
+        self.conn
+            .query_row(
+                &format!("{CONTAINER_SELECT} WHERE id = ?1"),
+                [id],
+                container_row,
+            )
+            .optional()
+            .dbctx("read container")
+    }
+}
+
+/// Adds a container row; a taken name is a conflict.
+pub fn insert_container(conn: &Connection, c: &ContainerRow) -> Result<()> {
+    let taken: Option<String> = conn
+        .query_row(
+            "SELECT id FROM containers WHERE name = ?1",
+            [&c.name],
+            |r| r.get(0),
+        )
+        .optional()
+        .dbctx("check container name")?;
+    if let Some(other) = taken {
+        return Err(Error::Conflict(format!(
+            "Conflict. The container name \"/{}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name.",
+            c.name
+        )));
+    }
+    conn.execute(
+        "INSERT INTO containers (id, name, image_id, image_ref, command, state, exit_code, pid, created, started, finished, config)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            c.id,
+            c.name,
+            c.image_id.to_string(),
+            c.image_ref,
+            c.command,
+            c.state,
+            c.exit_code,
+            c.pid,
+            c.created,
+            c.started,
+            c.finished,
+            c.config
+        ],
+    )
+    .dbctx("insert container")?;
+    Ok(())
+}
+
+/// Records a container's state (and, with it, its pid, times and exit code).
+pub fn set_container_state(conn: &Connection, c: &ContainerRow) -> Result<()> {
+    conn.execute(
+        "UPDATE containers SET state = ?2, exit_code = ?3, pid = ?4, started = ?5, finished = ?6 WHERE id = ?1",
+        params![c.id, c.state, c.exit_code, c.pid, c.started, c.finished],
+    )
+    .dbctx("update container")?;
+    Ok(())
+}
+
+/// Removes a container row.
+pub fn delete_container(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM containers WHERE id = ?1", [id])
+        .dbctx("delete container")?;
+    Ok(())
+}

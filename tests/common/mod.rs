@@ -179,4 +179,5 @@ pub fn skopeo_json(args: &[&str]) -> Value {
     serde_json::from_slice(&skopeo(args)).expect("skopeo prints JSON")
 }
 
+pub mod containers;
 pub mod mounts;
