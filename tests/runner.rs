@@ -804,3 +804,53 @@ fn twenty_containers_at_once_from_one_image() {
         );
     }
 }
+
+#[test]
+fn inspect_shows_a_container_as_docker() {
+    let t = Containers::new();
+    let (code, _, _) = t.status(&[
+        "run",
+        "--name",
+        "probe",
+        "-e",
+        "FOO=bar",
+        "-v",
+        "/etc:/hostetc:ro",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code, 3);
+    let doc: serde_json::Value = serde_json::from_str(&t.ok(&["inspect", "probe"])).unwrap();
+    let c = &doc[0];
+    assert_eq!(c["Id"].as_str().unwrap().len(), 64);
+    assert_eq!(c["Name"], "/probe");
+    assert_eq!(c["Path"], "sh");
+    assert_eq!(c["Args"], serde_json::json!(["-c", "exit 3"]));
+    assert_eq!(c["State"]["Status"], "exited");
+    assert_eq!(c["State"]["Running"], false);
+    assert_eq!(c["State"]["ExitCode"], 3);
+    assert!(
+        c["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("FOO=bar"))
+    );
+    assert_eq!(c["Config"]["Image"], "busybox");
+    assert_eq!(c["Mounts"][0]["Destination"], "/hostetc");
+    assert_eq!(c["Mounts"][0]["RW"], false);
+    let upper = c["GraphDriver"]["Data"]["UpperDir"].as_str().unwrap();
+    assert!(std::path::Path::new(upper).is_dir(), "{upper}");
+    // A template, and an image still inspects as an image.
+    let f = t.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "probe",
+    ]);
+    assert_eq!(f.trim(), "exited 3");
+    let img: serde_json::Value = serde_json::from_str(&t.ok(&["inspect", "busybox"])).unwrap();
+    assert!(img[0]["RootFS"]["Layers"].is_array());
+    t.ok(&["rm", "probe"]);
+}

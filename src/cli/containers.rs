@@ -538,3 +538,103 @@ pub fn cp(s: &Store, src: &str, dest: &str) -> Result<(), Failure> {
         }
     }
 }
+
+/// `inspect` of a container: docker's document, as far as strata has its fields.
+pub fn inspect_doc(s: &Store, c: &Container) -> Result<serde_json::Value, Failure> {
+    use crate::store::image::rfc3339;
+    let never = "0001-01-01T00:00:00Z".to_string();
+    let at = |t: Option<i64>| t.map(|t| rfc3339(t, 0)).unwrap_or_else(|| never.clone());
+    let (running, pid, code) = match &c.status {
+        Status::Created => (false, 0, 0),
+        Status::Running { pid, .. } => (true, *pid, 0),
+        Status::Exited { code, .. } => (false, 0, *code),
+    };
+    let argv = c.config.argv();
+    let paths = Paths::new(s, c.id());
+    let spec = runner::union_spec(s, c).map_err(|e| fail(e.to_string()))?;
+    let join = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mounts: Vec<serde_json::Value> = c
+        .config
+        .volumes
+        .iter()
+        .map(|v| {
+            json!({
+                "Type": "bind",
+                "Source": v.source.display().to_string(),
+                "Destination": v.target,
+                "Mode": if v.read_only { "ro" } else { "" },
+                "RW": !v.read_only,
+                "Propagation": "rprivate",
+            })
+        })
+        .collect();
+    let binds: Vec<String> = c
+        .config
+        .volumes
+        .iter()
+        .map(|v| {
+            let ro = if v.read_only { ":ro" } else { "" };
+            format!("{}:{}{ro}", v.source.display(), v.target)
+        })
+        .collect();
+    Ok(json!({
+        "Id": c.id(),
+        "Created": rfc3339(c.row.created, 0),
+        "Path": argv.first().cloned().unwrap_or_default(),
+        "Args": argv.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": state_word(c),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": pid,
+            "ExitCode": code,
+            "Error": "",
+            "StartedAt": at(c.row.started),
+            "FinishedAt": at(c.row.finished),
+        },
+        "Image": c.row.image_id.to_string(),
+        "Name": format!("/{}", c.row.name),
+        "Driver": "strata",
+        "Platform": "linux",
+        "HostConfig": {
+            "Binds": binds,
+            "NetworkMode": if c.config.network_none { "none" } else { "host" },
+            "AutoRemove": c.config.auto_remove,
+            "ReadonlyRootfs": c.config.read_only,
+        },
+        "GraphDriver": {
+            "Name": "strata",
+            "Data": {
+                "LowerDir": join(&spec.lowers),
+                "UpperDir": paths.upper().display().to_string(),
+                "WorkDir": paths.work().display().to_string(),
+                "MergedDir": paths.merged().display().to_string(),
+            },
+        },
+        "Mounts": mounts,
+        "Config": {
+            "Hostname": c.config.hostname,
+            "User": c.config.user,
+            "Tty": c.config.tty,
+            "OpenStdin": c.config.interactive,
+            "Env": c.config.env,
+            "Cmd": c.config.cmd,
+            "Image": c.row.image_ref,
+            "WorkingDir": c.config.workdir,
+            "Entrypoint": if c.config.entrypoint.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(c.config.entrypoint)
+            },
+            "StopSignal": c.config.stop_signal,
+        },
+    }))
+}

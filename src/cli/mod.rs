@@ -698,6 +698,10 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
 
 /// The inspect document of one image, as `docker image inspect` prints it.
 fn inspect_doc(s: &Store, name: &str) -> Result<Value, Failure> {
+    // A container first, then an image, as docker looks them up.
+    if let Ok(c) = crate::runner::find(s, name) {
+        return containers::inspect_doc(s, &c);
+    }
     let r = s.resolve(name)?;
     let row = s
         .index()
