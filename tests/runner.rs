@@ -854,3 +854,26 @@ fn inspect_shows_a_container_as_docker() {
     assert!(img[0]["RootFS"]["Layers"].is_array());
     t.ok(&["rm", "probe"]);
 }
+
+#[test]
+fn mount_of_a_container_is_read_write_and_gives_way_to_start() {
+    let t = Containers::new();
+    t.ok(&["create", "--name", "m1", "busybox", "cat", "/hello"]);
+    let m = t.ok(&["mount", "m1"]);
+    let m = Path::new(m.trim());
+    assert!(t.mounts().iter().any(|l| l.contains(&*m.to_string_lossy())));
+    fs::write(m.join("hello"), "from the host\n").unwrap();
+    // The same mount point again, and it is listed.
+    assert_eq!(t.ok(&["mount", "m1"]).trim(), m.to_string_lossy());
+    assert!(t.ok(&["mount"]).contains(&*m.to_string_lossy()));
+    // start takes the container's union over and sees the write.
+    let (code, out, err) = t.status(&["start", "-a", "m1"]);
+    assert_eq!((code, out.as_str()), (0, "from the host\n"), "{err}");
+    t.ok(&["mount", "m1"]);
+    t.ok(&["umount", "m1"]);
+    assert!(!t.mounts().iter().any(|l| l.contains(&*m.to_string_lossy())));
+    // The write stays in the container's upper layer.
+    let diff = t.ok(&["diff", "m1"]);
+    assert!(diff.lines().any(|l| l == "A /hello"), "{diff}");
+    t.ok(&["rm", "m1"]);
+}

@@ -143,16 +143,24 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `strata mount IMAGE [DIR]`: a read-only mount of an image's layers; prints the mount point.
+/// `strata mount IMAGE [DIR]`: a read-only mount of an image's layers; `strata mount
+/// CONTAINER`: the container's union, read-write, at its merged directory (the running
+/// container's own mount when it runs); prints the mount point (as `podman mount`).
 /// `strata mount`: lists the strata mounts.
 pub fn mount(s: &Store, target: Option<&str>, dir: Option<&Path>) -> Result<(), Failure> {
     let Some(name) = target else {
         for (src, dir) in strata_mounts() {
-            let id = src.strip_prefix("strata:").unwrap_or(&src);
+            let id = src
+                .strip_prefix("strata:")
+                .or_else(|| src.strip_prefix("strata-container:"))
+                .unwrap_or(&src);
             println!("{}  {}", &id[..id.len().min(12)], dir.display());
         }
         return Ok(());
     };
+    if let Ok(c) = crate::runner::find(s, name) {
+        return mount_container(s, &c, dir);
+    }
     let r = s.resolve(name)?;
     let layers = s.index().image_layers(&r.id)?;
     let spec = UnionSpec {
@@ -183,7 +191,37 @@ pub fn mount(s: &Store, target: Option<&str>, dir: Option<&Path>) -> Result<(), 
     })
 }
 
-/// `strata umount DIR|IMAGE...`.
+fn mount_container(
+    s: &Store,
+    c: &crate::runner::Container,
+    dir: Option<&Path>,
+) -> Result<(), Failure> {
+    let paths = crate::runner::Paths::new(s, c.id());
+    let merged = paths.merged();
+    if dir.is_some_and(|d| d != merged) {
+        return Err(fail(format!(
+            "a container is mounted at its own directory ({}), not elsewhere",
+            merged.display()
+        )));
+    }
+    crate::fuse::clear_stale(&merged);
+    if strata_mounts().iter().any(|(_, d)| *d == merged) {
+        println!("{}", merged.display());
+        return Ok(()); // its monitor's mount, or an earlier `strata mount`
+    }
+    let spec = crate::runner::union_spec(s, c).map_err(|e| fail(e.to_string()))?;
+    std::fs::create_dir_all(&merged).map_err(|e| fail(format!("{}: {e}", merged.display())))?;
+    let opts = MountOptions {
+        fsname: format!("strata-container:{}", c.id()),
+        dev_suid: false,
+        ..MountOptions::default()
+    };
+    serve(&spec, &merged, &opts, false, || {
+        println!("{}", merged.display())
+    })
+}
+
+/// `strata umount DIR|IMAGE|CONTAINER...`.
 pub fn umount(s: Option<&Store>, targets: &[String]) -> Result<(), Failure> {
     let mounts = strata_mounts();
     let mut failed = false;
@@ -195,6 +233,18 @@ pub fn umount(s: Option<&Store>, targets: &[String]) -> Result<(), Failure> {
             && (mounts.iter().any(|(_, d)| *d == canon) || p.is_absolute() || t.starts_with('.'))
         {
             dirs.push(canon);
+        } else if let Some(store) = s
+            && let Ok(c) = crate::runner::find(store, t)
+        {
+            let merged = crate::runner::Paths::new(store, c.id()).merged();
+            if c.is_running() {
+                eprintln!("Error: container {t} is running: its mount goes when it stops");
+                failed = true;
+                continue;
+            }
+            if mounts.iter().any(|(_, d)| *d == merged) {
+                dirs.push(merged);
+            }
         } else if let Some(store) = s {
             match store.resolve(t) {
                 Ok(r) => {

@@ -690,10 +690,10 @@ pub fn copy_in(store: &Store, c: &Container, src: &Path, dest: &str) -> Result<(
     let md = std::fs::symlink_metadata(src)
         .map_err(|e| Error::Invalid(format!("could not find the file {}: {e}", src.display())))?;
     let paths = Paths::new(store, c.id());
-    let live = c.is_running()
-        && crate::cli::mount::strata_mounts()
-            .iter()
-            .any(|(_, d)| *d == paths.merged());
+    // Through the mount there is (the running container's, or one `strata mount` made).
+    let live = crate::cli::mount::strata_mounts()
+        .iter()
+        .any(|(_, d)| *d == paths.merged());
     let server = if live {
         None
     } else {

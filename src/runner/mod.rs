@@ -449,6 +449,22 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
 }
 
 /// Unmounts what a dead monitor left mounted at the container's root.
+/// Whether the container's union is mounted now (by its running monitor, or by `strata
+/// mount`): its merged directory is on another device than the directory holding it.
+pub fn is_mounted(paths: &Paths) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let merged = paths.merged();
+    match (
+        std::fs::symlink_metadata(&merged),
+        merged.parent().map(std::fs::symlink_metadata),
+    ) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        // A dead server's mount is still a mount.
+        (Err(e), _) => e.raw_os_error() == Some(libc::ENOTCONN),
+        _ => false,
+    }
+}
+
 pub fn unmount_stale(paths: &Paths) {
     let merged = paths.merged();
     crate::fuse::clear_stale(&merged);

@@ -432,8 +432,9 @@ fn start_and_watch(
 ) -> Result<i32> {
     let cfg = &c.config;
     super::relaxed_sync(store);
-    if c.row.state != "created" {
-        // A start after a crash or a reboot-like restart may find its old mount.
+    if c.row.state != "created" || super::is_mounted(paths) {
+        // A start after a crash or a reboot-like restart may find its old mount, and one made
+        // by `strata mount` gives way to the container's own.
         super::unmount_stale(paths);
     }
     let spec = super::union_spec(store, c)?;
