@@ -468,6 +468,36 @@ pub fn set_capabilities(caps: u64) -> nix::Result<()> {
     Errno::result(r).map(drop)
 }
 
+/// Closes every descriptor from `first` on except those in `keep`.
+pub fn close_fds_except(first: i32, keep: &[i32]) {
+    let mut keep: Vec<i32> = keep.iter().copied().filter(|k| *k >= first).collect();
+    keep.sort_unstable();
+    let mut lo = first;
+    for k in keep.into_iter().chain(std::iter::once(-1)) {
+        let hi = if k < 0 { u32::MAX } else { (k - 1) as u32 };
+        if k < 0 || k > lo {
+            // SAFETY: close_range with integer arguments only.
+            let r = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi, 0u32) };
+            if r != 0 {
+                // Older kernels: one descriptor at a time, as /proc lists them.
+                if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+                    let fds: Vec<i32> = d
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                        .filter(|fd| *fd >= lo && (k < 0 || *fd < k))
+                        .collect();
+                    for fd in fds {
+                        let _ = nix::unistd::close(fd);
+                    }
+                }
+            }
+        }
+        if k >= 0 {
+            lo = k + 1;
+        }
+    }
+}
+
 /// Marks every descriptor from `first` on close-on-exec (so an exec leaks none of them).
 pub fn cloexec_from(first: u32) {
     // SAFETY: close_range with integer arguments only; CLOSE_RANGE_CLOEXEC closes nothing.

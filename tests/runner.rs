@@ -513,7 +513,7 @@ fn container_sees_its_own_pid_1_hostname_and_a_read_only_root() {
          touch /sys/x 2>/dev/null || echo sysfs-ro; grep -E 'CapEff|NoNewPrivs' /proc/self/status | tr -s '\\t ' ' '"]);
     assert_eq!(
         out,
-        "core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \nnull-chr\n0\nsysrq-ro\nsys-ro\nsysfs-ro\nCapEff: 00000000a80425fb\nNoNewPrivs: 1\n"
+        "core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \nnull-chr\n0\nsysrq-ro\nsys-ro\nsysfs-ro\nCapEff: 00000000a00425fb\nNoNewPrivs: 1\n"
     );
     let out = t.ok(&[
         "run",
@@ -876,4 +876,50 @@ fn mount_of_a_container_is_read_write_and_gives_way_to_start() {
     let diff = t.ok(&["diff", "m1"]);
     assert!(diff.lines().any(|l| l == "A /hello"), "{diff}");
     t.ok(&["rm", "m1"]);
+}
+
+#[test]
+fn device_nodes_and_the_host_terminal_stay_out_of_reach() {
+    let t = Containers::new();
+    // No CAP_MKNOD (strata sets up no device cgroup to make it safe, as docker's does).
+    let (code, out, _) = t.status(&["run", "--rm", "busybox", "sh", "-c", "mknod /x c 1 3 2>&1"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("Operation not permitted"), "{out}");
+    // A device node in the container's union (as an image could ship one) cannot be opened.
+    t.ok(&[
+        "create",
+        "--name",
+        "dev",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /hostnull && echo opened",
+    ]);
+    let m = t.ok(&["mount", "dev"]);
+    let node = Path::new(m.trim()).join("hostnull");
+    let st = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, out, err) = t.status(&["start", "-a", "dev"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("opened"), "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    t.ok(&["rm", "dev"]);
+    // Without -t the container is not in the session of strata's terminal (no TIOCSTI into
+    // the user's shell): no controlling terminal (tty_nr 0 in /proc/self/stat).
+    if Path::new("/usr/bin/script").metadata().is_ok() {
+        let cmdline = format!(
+            "{} --root {} run --rm busybox sh -c 'echo tty_nr=$(cut -d\" \" -f7 /proc/self/stat)'",
+            common::strata_bin().display(),
+            t.root().display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmdline, "/dev/null"]);
+        let o = output_with_timeout(c, None, Duration::from_secs(30));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("tty_nr=0"), "{out}");
+    }
 }

@@ -213,7 +213,7 @@ fn mount_container(
     std::fs::create_dir_all(&merged).map_err(|e| fail(format!("{}: {e}", merged.display())))?;
     let opts = MountOptions {
         fsname: format!("strata-container:{}", c.id()),
-        dev_suid: false,
+        nodev: true,
         ..MountOptions::default()
     };
     serve(&spec, &merged, &opts, false, || {

@@ -29,6 +29,9 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Allow device nodes and setuid files (a container root needs both).
     pub dev_suid: bool,
+    /// With `dev_suid`: device nodes stay closed all the same (`nodev`; a container's union:
+    /// its image's device nodes must not reach the host's devices).
+    pub nodev: bool,
 }
 
 impl Default for MountOptions {
@@ -39,6 +42,7 @@ impl Default for MountOptions {
             passthrough: crate::sys::has_capability(crate::sys::CAP_SYS_ADMIN)
                 && std::env::var_os("STRATA_NO_PASSTHROUGH").is_none(),
             dev_suid: crate::sys::euid() == 0,
+            nodev: false,
         }
     }
 }
@@ -64,7 +68,11 @@ pub fn mount(
         },
     ];
     if opts.dev_suid {
-        cfg.mount_options.push(MountOption::Dev);
+        cfg.mount_options.push(if opts.nodev {
+            MountOption::NoDev
+        } else {
+            MountOption::Dev
+        });
         cfg.mount_options.push(MountOption::Suid);
     }
     cfg.acl = SessionACL::All;

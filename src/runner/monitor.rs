@@ -255,6 +255,7 @@ impl Server {
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
                 let opts = MountOptions {
                     fsname,
+                    nodev: true,
                     ..MountOptions::default()
                 };
                 let session = match crate::fuse::mount(spec, mountpoint, &opts) {
@@ -355,7 +356,10 @@ pub struct ChildIo {
 
 /// In a child: makes `tty` its controlling terminal (in a new session) and its streams.
 fn install_tty(tty: &OwnedFd) -> std::result::Result<(), String> {
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // A session of its own (unless it has one already: `ChildIo::install` makes it).
+    if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    }
     crate::sys::set_controlling_terminal(tty.as_fd())
         .map_err(|e| format!("set the controlling terminal: {e}"))?;
     for t in 0..3 {
@@ -365,11 +369,15 @@ fn install_tty(tty: &OwnedFd) -> std::result::Result<(), String> {
 }
 
 impl ChildIo {
-    /// In the child: installs the streams (0, 1, 2) and the controlling terminal.
+    /// In the child: installs the streams (0, 1, 2) and the controlling terminal. Without a
+    /// terminal of its own the child still gets a session of its own, so that the terminal
+    /// strata runs on is not its controlling terminal (it could push input into the user's
+    /// shell with TIOCSTI).
     pub fn install(&self) -> std::result::Result<(), String> {
         if let Some(tty) = &self.tty {
             return install_tty(tty);
         }
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
         for (fd, t) in [(&self.stdin, 0), (&self.stdout, 1), (&self.stderr, 2)] {
             if let Some(fd) = fd {
                 crate::sys::dup_onto(fd.as_fd(), t).map_err(|e| format!("dup2: {e}"))?;
@@ -553,6 +561,7 @@ fn run_container(
     let argv = cfg.argv();
     let pid = crate::sys::clone_process(flags, || {
         // In the container's first process (PID 1 of its namespace).
+        let _ = nix::sys::prctl::set_dumpable(false);
         crate::sys::reset_signals();
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         let fail = |code: i32, msg: String| -> isize {
@@ -835,6 +844,10 @@ pub fn exec_in(c: &Container, opts: &ExecOptions) -> Result<i32> {
     let child = match crate::sys::fork_process().map_err(|e| Error::sys("fork", e))? {
         ForkResult::Child => {
             drop(err_r);
+            // Until its exec, this process holds strata's descriptors (the index among
+            // them) and joins the container's pid namespace: no process of the container
+            // may read them through /proc (it could while the process is dumpable).
+            let _ = nix::sys::prctl::set_dumpable(false);
             crate::sys::reset_signals();
             let fail = |code: i32, msg: String| -> ! {
                 let mut b = vec![code as u8];
@@ -851,6 +864,12 @@ pub fn exec_in(c: &Container, opts: &ExecOptions) -> Result<i32> {
             if let Err(m) = io.install() {
                 fail(125, m);
             }
+            // Nothing of strata's but the error pipe and the console socket goes further.
+            let mut keep = vec![err_w.as_raw_fd()];
+            if let Some((_, child)) = &console {
+                keep.push(child.as_raw_fd());
+            }
+            crate::sys::close_fds_except(3, &keep);
             if let Err(e) = nix::unistd::chdir("/") {
                 fail(125, format!("chdir /: {e}"));
             }

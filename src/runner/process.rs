@@ -41,7 +41,9 @@ pub const DEFAULT_CAPS: &[u32] = &[
     10, // NET_BIND_SERVICE
     13, // NET_RAW
     18, // SYS_CHROOT
-    27, // MKNOD
+    // Not MKNOD, which docker grants: docker's device cgroup decides which devices may be
+    // opened, and strata sets none up, so a device node made in a container could reach the
+    // host's disks.
     29, // AUDIT_WRITE
     31, // SETFCAP
 ];
@@ -201,6 +203,9 @@ fn try_exec(
         .map_err(|e| StartError::strata(format!("setgid {}: {e}", user.gid)))?;
     nix::unistd::setuid(Uid::from_raw(user.uid))
         .map_err(|e| StartError::strata(format!("setuid {}: {e}", user.uid)))?;
+    // A change of user clears the parent-death signal: the process must still die with
+    // strata's monitor.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if user.uid == 0 {
         crate::sys::set_capabilities(default_cap_mask())
             .map_err(|e| StartError::strata(format!("capset: {e}")))?;
