@@ -725,3 +725,35 @@ pub fn pty_peer(master: impl AsFd) -> nix::Result<std::os::fd::OwnedFd> {
     // SAFETY: the descriptor is new and owned by nothing else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
 }
+
+/// Makes the mount at `fd` and every mount below it read-only (`mount_setattr` with
+/// `AT_RECURSIVE`; a bind remount changes one mount only, whatever its flags say).
+pub fn make_tree_read_only(fd: impl AsFd) -> nix::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: 0x1, // MOUNT_ATTR_RDONLY
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: the path is an empty NUL-terminated string, `attr` a valid struct mount_attr of
+    // the size given; the kernel only reads both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}

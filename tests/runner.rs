@@ -923,3 +923,40 @@ fn device_nodes_and_the_host_terminal_stay_out_of_reach() {
         assert!(out.contains("tty_nr=0"), "{out}");
     }
 }
+
+/// Unmounts a test's own mount when dropped.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn read_only_volumes_are_read_only_all_the_way_down() {
+    let t = Containers::new();
+    let host = tempfile::tempdir().unwrap();
+    let sub = host.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "strata-test",
+            sub.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _u = Unmount(sub.clone());
+    let vol = format!("{}:/data:ro", host.path().display());
+    let out = t.ok(&["run", "--rm", "-v", &vol, "busybox", "sh", "-c",
+        "touch /data/top 2>/dev/null || echo top-ro; touch /data/sub/below 2>/dev/null || echo below-ro"]);
+    assert_eq!(out, "top-ro\nbelow-ro\n");
+    assert!(!sub.join("below").exists());
+}

@@ -256,20 +256,18 @@ pub fn setup(
     ) {
         // sysfs may refuse a new instance (another network namespace's): bind the host's.
         log::info!("{e}; binding the host's /sys read-only");
+        // Not recursive: the host's mounts below /sys (cgroup, debugfs, fuse connections,
+        // configfs) stay out of the container.
         mount_at(
             Some(Path::new("/sys")),
             &sys,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
+            MsFlags::MS_BIND,
             None,
             "/sys (bind)",
         )?;
         let sys = ensure(root, "/sys", true)?;
-        remount_ro(
-            &sys,
-            MsFlags::MS_REC | nosuid_nodev_noexec,
-            "/sys read-only",
-        )?;
+        remount_ro(&sys, nosuid_nodev_noexec, "/sys read-only")?;
     }
 
     for (src, dst) in [
@@ -294,7 +292,11 @@ pub fn setup(
         )?;
         if v.read_only {
             let t = ensure(root, &v.target, is_dir)?;
-            remount_ro(&t, MsFlags::MS_REC, &format!("{} read-only", v.target))?;
+            remount_ro(&t, MsFlags::empty(), &format!("{} read-only", v.target))?;
+            // The mounts below the volume's top too (a bind remount reaches one mount only).
+            ctx(crate::sys::make_tree_read_only(t.as_fd()), || {
+                format!("{} read-only (recursively)", v.target)
+            })?;
         }
     }
 
