@@ -960,3 +960,26 @@ fn read_only_volumes_are_read_only_all_the_way_down() {
     assert_eq!(out, "top-ro\nbelow-ro\n");
     assert!(!sub.join("below").exists());
 }
+
+#[test]
+fn rm_cleans_up_after_a_start_that_fails_early() {
+    let t = Containers::new();
+    // The union cannot be mounted: the image's layer directory is gone.
+    let layers = t.root().join("layers");
+    let layer = fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let aside = t.root().join("layer-aside");
+    fs::rename(&layer, &aside).unwrap();
+    let (code, _, err) = t.status(&["run", "--rm", "busybox", "true"]);
+    fs::rename(&aside, &layer).unwrap();
+    assert_eq!(code, 125, "{err}");
+    assert_eq!(
+        t.ok(&["ps", "-a", "-q"]),
+        "",
+        "--rm left a container behind"
+    );
+}

@@ -185,8 +185,19 @@ pub fn run(s: &Store, a: &RunArgs) -> Result<(), Failure> {
             }
         }
     } else {
-        let code = monitor::start_foreground(s, &c).map_err(run_failure)?;
-        exit_with(code)
+        match monitor::start_foreground(s, &c) {
+            Ok(code) => exit_with(code),
+            Err(e) => {
+                // A start that failed early (before the monitor's own clean-up) leaves no
+                // container behind with --rm.
+                if a.rm
+                    && let Ok(c) = runner::find(s, c.id())
+                {
+                    let _ = runner::remove(s, &c, true);
+                }
+                Err(run_failure(e))
+            }
+        }
     }
 }
 
