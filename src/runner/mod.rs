@@ -171,6 +171,13 @@ pub fn wait_monitor(paths: &Paths) -> Option<i64> {
 }
 
 fn status_of(row: &ContainerRow, paths: &Paths) -> Status {
+    if row.state != "running" && monitor_alive(paths) {
+        // A monitor holds it but has not recorded the start yet: it is starting.
+        return Status::Running {
+            pid: row.pid.unwrap_or(0) as i32,
+            started: row.started.unwrap_or(row.created),
+        };
+    }
     match row.state.as_str() {
         "running" => {
             if monitor_alive(paths) {
@@ -439,6 +446,21 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
         let _ = kill(store, c, Signal::SIGKILL);
         wait_monitor(&paths);
     }
+    // Held while the container goes: a `start` that begins now waits, then finds nothing.
+    let _lock = match File::options().write(true).open(paths.lock())
+    {
+        Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Some(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(Error::Conflict(format!(
+                    "cannot remove container \"/{}\": it is being started",
+                    c.row.name
+                )));
+            }
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
     unmount_stale(&paths);
     store.index().write("remove container", |conn| {
         index::delete_container(conn, c.id())
@@ -448,7 +470,6 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Unmounts what a dead monitor left mounted at the container's root.
 /// Whether the container's union is mounted now (by its running monitor, or by `strata
 /// mount`): its merged directory is on another device than the directory holding it.
 pub fn is_mounted(paths: &Paths) -> bool {
@@ -465,6 +486,7 @@ pub fn is_mounted(paths: &Paths) -> bool {
     }
 }
 
+/// Unmounts what a dead monitor left mounted at the container's root.
 pub fn unmount_stale(paths: &Paths) {
     let merged = paths.merged();
     crate::fuse::clear_stale(&merged);
