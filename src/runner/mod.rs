@@ -447,8 +447,7 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
         wait_monitor(&paths);
     }
     // Held while the container goes: a `start` that begins now waits, then finds nothing.
-    let _lock = match File::options().write(true).open(paths.lock())
-    {
+    let _lock = match File::options().write(true).open(paths.lock()) {
         Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Some(l),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
