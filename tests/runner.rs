@@ -983,3 +983,29 @@ fn rm_cleans_up_after_a_start_that_fails_early() {
         "--rm left a container behind"
     );
 }
+
+#[test]
+fn wait_on_a_created_container_blocks_until_it_has_run() {
+    let t = Containers::new();
+    t.ok(&["create", "--name", "later", "busybox", "sh", "-c", "exit 5"]);
+    let mut waiter = t
+        .cmd()
+        .args(["wait", "later"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait returned before the container ran"
+    );
+    let (code, _, _) = t.status(&["start", "-a", "later"]);
+    assert_eq!(code, 5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiter.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = waiter.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+    t.ok(&["rm", "later"]);
+}

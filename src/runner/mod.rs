@@ -421,6 +421,16 @@ pub fn stop(store: &Store, c: &Container, timeout: Duration) -> Result<()> {
 /// Waits until a container stops; its exit code.
 pub fn wait(store: &Store, c: &Container) -> Result<i64> {
     let paths = Paths::new(store, c.id());
+    // A container never started yet: wait for its start first (docker's `wait` blocks until
+    // the container has run and stopped).
+    let mut status = c.status.clone();
+    while status == Status::Created {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        match reload(store, c.id())? {
+            Some(now) => status = now.status,
+            None => return Err(Error::NoSuchContainer(c.id().to_string())),
+        }
+    }
     let last = wait_monitor(&paths);
     match reload(store, c.id())? {
         Some(c) => match c.status {
