@@ -620,8 +620,9 @@ impl Union {
 
     /// Attributes of an inode.
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
-        let (obj, unlinked, top) =
-            self.with_node(ino, |n| Ok((n.obj.clone(), n.unlinked, n.top)))?;
+        let (obj, unlinked, top, data) = self.with_node(ino, |n| {
+            Ok((n.obj.clone(), n.unlinked, n.top, n.data.clone()))
+        })?;
         if unlinked && top == Loc::Upper && matches!(obj, Obj::At(..)) {
             // Its name is gone (or names something else now): only open files still reach it,
             // and their getattr comes with a file handle (getattr_fd).
@@ -631,7 +632,7 @@ impl Union {
         if unlinked && Self::layer_is_lower(top) {
             st.st_nlink = 0;
         }
-        if let Some(data) = self.with_node(ino, |n| Ok(n.data.clone()))? {
+        if let Some(data) = data {
             // A metacopy file's blocks are its lower data's (as the kernel reports them).
             st.st_blocks = data.stat()?.st_blocks;
         }
@@ -640,14 +641,14 @@ impl Union {
 
     /// Attributes through an open file (for `fstat` of an open, maybe unlinked, file).
     pub fn getattr_fd(&self, ino: Ino, fd: BorrowedFd<'_>) -> Result<Attr, Errno> {
-        if self.with_node(ino, |n| Ok(n.data.is_some()))? {
+        let (metacopy, lower_unlinked) = self.with_node(ino, |n| {
+            Ok((n.data.is_some(), n.unlinked && Self::layer_is_lower(n.top)))
+        })?;
+        if metacopy {
             // The open file is the lower data; the attributes are the upper file's.
             return self.getattr(ino);
         }
         let mut st = fstat(fd)?;
-        let lower_unlinked = self
-            .with_node(ino, |n| Ok(n.unlinked && Self::layer_is_lower(n.top)))
-            .unwrap_or(false);
         if lower_unlinked {
             st.st_nlink = 0;
         }
@@ -960,7 +961,10 @@ impl Union {
         }
         let pfd = self.upper_dir(parent)?;
         let (gid, setgid) = self.new_gid(pfd.as_fd(), caller)?;
-        let inherit = has_default_acl(pfd.as_fd());
+        // The parent's default ACL, which new objects inherit (the filesystem applies it to
+        // what is made in the parent; by hand for what is built in the work dir).
+        let parent_acl = default_acl(pfd.as_fd());
+        let inherit = parent_acl.is_some();
         let over_whiteout = stat_at(pfd.as_fd(), name)?
             .is_some_and(|st| format::is_whiteout(st.st_mode, st.st_rdev));
         // The name was looked up through every layer above and found nothing: no lower layer
@@ -973,11 +977,7 @@ impl Union {
             let r = (|| {
                 // The work directory has no default ACL to inherit from: what the parent's
                 // would give is set by hand.
-                let acl = if inherit && mode.is_some() {
-                    sys::fgetxattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))?
-                } else {
-                    None
-                };
+                let acl = parent_acl.filter(|_| mode.is_some());
                 make(work, &tmp, acl.is_some())?;
                 if let (Some(default), Some(mode)) = (&acl, mode)
                     && let Some((new_mode, access)) = acl::inherit(default, mode & 0o7777)
@@ -1905,12 +1905,11 @@ fn masked(mode: u32, umask: u32, inherit: bool) -> u32 {
     }
 }
 
-/// Whether a directory has a default ACL (new objects in it inherit from it).
-fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
-    matches!(
-        sys::fgetxattr(dir, OsStr::new("system.posix_acl_default")),
-        Ok(Some(_))
-    )
+/// A directory's default ACL (new objects in it inherit from it), if it has one.
+fn default_acl(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    sys::fgetxattr(dir, OsStr::new(acl::DEFAULT_XATTR))
+        .ok()
+        .flatten()
 }
 
 fn set_perm(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> Result<(), Errno> {
