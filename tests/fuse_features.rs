@@ -1106,6 +1106,138 @@ fn unprivileged_write_clears_setuid_like_kernel() {
     expect_both(&s, &k, "root-written: 2 root append", "ok");
 }
 
+/// Every other way a file's set-id bits go, for lower files (copied up by the change) as the
+/// kernel does them: truncate, fallocate, open with O_TRUNC, ftruncate and a write through
+/// `dd` by a user; setgid without group execute kept for a writer in the file's group and
+/// dropped for one outside it; chgrp by an owner outside the file's group; chown(f, -1, -1) and chown by root (which
+/// drop setuid even for root); a write by root to a setuid file with a capability (the
+/// capability goes, setuid stays). strata handles these itself (FUSE_HANDLE_KILLPRIV_V2): a
+/// regression test for each signal the kernel sends it.
+#[test]
+fn setid_bits_dropped_like_kernel() {
+    let Some(fx) = Fx::new() else { return };
+    let lower = &fx.lower;
+    let user = USER;
+    // (name, owner uid, owner gid, mode)
+    let files: &[(&str, u32, u32, u32)] = &[
+        ("trunc", 0, 0, 0o6777),
+        ("falloc", 0, 0, 0o6777),
+        ("otrunc", 0, 0, 0o6777),
+        ("ftrunc", 0, 0, 0o6777),
+        ("dd", 0, 0, 0o6777),
+        ("sgid-nox-out", 0, 0, 0o2767),
+        ("sgid-nox-in", 0, user, 0o2767),
+        ("chgrp-nox", user, 0, 0o2745),
+        ("chgrp-x", user, 0, 0o6755),
+        ("root-chown-same", 0, 0, 0o6755),
+        ("root-chown-nox", 0, 0, 0o6745),
+        ("root-trunc", 0, 0, 0o6777),
+        ("cap-suid", 0, 0, 0o4755),
+    ];
+    for (name, uid, gid, mode) in files {
+        let p = lower.join(name);
+        fs::write(&p, b"data\n").unwrap();
+        std::os::unix::fs::chown(&p, Some(*uid), Some(*gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    ok_in(lower, "setcap", &["cap_net_raw+ep", "cap-suid"]);
+    let p = fx.pair();
+    let (s, k) = p.run(|side| {
+        let m = &side.mnt;
+        let mut o = Obs::default();
+        let g = user.to_string();
+        let as_user = |prog: &str, args: &[&str]| user_result(m, prog, args);
+        o.put("trunc: run", as_user("truncate", &["-s", "2", "trunc"]));
+        o.put(
+            "falloc: run",
+            as_user("fallocate", &["-l", "100", "falloc"]),
+        );
+        o.put("otrunc: run", as_user("sh", &["-c", ": > otrunc"]));
+        o.put(
+            "ftrunc: run",
+            as_user(
+                "perl",
+                &["-e", "open F, '+<', 'ftrunc' or die; truncate F, 1 or die"],
+            ),
+        );
+        o.put(
+            "dd: run",
+            as_user(
+                "dd",
+                &[
+                    "if=/dev/zero",
+                    "of=dd",
+                    "bs=1",
+                    "count=1",
+                    "conv=notrunc",
+                    "status=none",
+                ],
+            ),
+        );
+        o.put(
+            "sgid-nox-out: run",
+            as_user("sh", &["-c", "echo x >> sgid-nox-out"]),
+        );
+        // The user in the file's group: setpriv with that group as its own.
+        o.put(
+            "sgid-nox-in: run",
+            user_result(m, "sh", &["-c", "echo x >> sgid-nox-in"]),
+        );
+        o.put("chgrp-nox: run", as_user("chgrp", &[&g, "chgrp-nox"]));
+        o.put("chgrp-x: run", as_user("chgrp", &[&g, "chgrp-x"]));
+        o.put(
+            "root-chown-same: run",
+            res(std::os::unix::fs::chown(
+                m.join("root-chown-same"),
+                None,
+                None,
+            )),
+        );
+        o.put(
+            "root-chown-nox: run",
+            res(std::os::unix::fs::chown(
+                m.join("root-chown-nox"),
+                Some(5),
+                None,
+            )),
+        );
+        o.put(
+            "root-trunc: run",
+            res(fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("root-trunc"))
+                .and_then(|f| f.set_len(1))),
+        );
+        o.put("cap-suid: run", res(append(&m.join("cap-suid"), b"x\n")));
+        o.put("cap-suid: getcap", ok_in(m, "getcap", &["cap-suid"]));
+        for (name, ..) in files {
+            o.put(&format!("{name}: mode"), mode(&m.join(name)));
+            o.put(&format!("{name}: upper mode"), mode(&side.upper.join(name)));
+        }
+        o
+    });
+    assert_same("set-id bits dropped", &s, &k);
+    for (name, want) in [
+        ("trunc", "0777"),
+        ("falloc", "0777"),
+        ("otrunc", "0777"),
+        ("ftrunc", "0777"),
+        ("dd", "0777"),
+        ("sgid-nox-out", "0767"),
+        ("sgid-nox-in", "2767"),
+        ("chgrp-nox", "0745"),
+        ("chgrp-x", "0755"),
+        ("root-chown-same", "0755"),
+        ("root-chown-nox", "2745"),
+        ("root-trunc", "6777"),
+        ("cap-suid", "4755"),
+    ] {
+        expect_both(&s, &k, &format!("{name}: mode"), want);
+        expect_both(&s, &k, &format!("{name}: upper mode"), want);
+    }
+    expect_both(&s, &k, "cap-suid: getcap", "");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. A new file has no xattrs
 

@@ -3,7 +3,7 @@
 //! directory snapshots per open handle, TTLs, negative entries, readdirplus, and passthrough
 //! (the kernel reads and writes the backing file itself when the daemon may ask it to).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +21,7 @@ use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
 
 use super::pool::Pool;
+use super::setid::{self, Asker, Change};
 use crate::cow::{Attr, Caller, DirEntry, Ino, SetAttr, Union};
 
 /// How long the kernel may trust entries and attributes. Every change goes through this
@@ -68,6 +69,9 @@ pub struct Inner {
     backing: Mutex<HashMap<Ino, Backing>>,
     /// Workers for the requests that may take long.
     pool: Pool,
+    /// Inodes whose `security.capability` was just removed: the empty SETATTR that follows
+    /// is the kernel's kill before a write, not chown(f, -1, -1) (see `setattr`).
+    caps_dropped: Mutex<HashSet<Ino>>,
 }
 
 /// Replies to a request that answers nothing but success or an errno.
@@ -76,6 +80,11 @@ fn done(reply: ReplyEmpty, r: Result<(), Errno>) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(e)),
     }
+}
+
+/// Locks `m`, also when a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -148,6 +157,7 @@ impl FuseFs {
     pub fn new(union: Arc<Union>, passthrough: bool) -> FuseFs {
         FuseFs(Arc::new(Inner {
             pool: Pool::new(WORKERS),
+            caps_dropped: Mutex::new(HashSet::new()),
             union,
             files: RwLock::new(HashMap::new()),
             listings: RwLock::new(HashMap::new()),
@@ -264,7 +274,9 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_POSIX_ACL
             // The umask comes with each create, not applied: a parent's default ACL may
             // replace it.
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // Set-id bits are killed here (see `setid`): no GETATTR before every chown.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -306,7 +318,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -322,7 +334,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let s = SetAttr {
+        let mut s = SetAttr {
             mode,
             uid,
             gid,
@@ -330,6 +342,34 @@ impl Filesystem for FuseFs {
             atime: time_of(atime),
             mtime: time_of(mtime),
         };
+        // Set-id bits this change drops (see `setid`). A SETATTR that changes nothing is
+        // chown(f, -1, -1), or the kernel's request before a write that must drop set-id bits
+        // or a file capability; the two differ only for a privileged caller, whose write
+        // keeps the bits. A write that drops a capability removes it just before.
+        let nothing = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none();
+        let change = if uid.is_some() || gid.is_some() {
+            Some(Change::Chown)
+        } else if nothing {
+            if lock(&self.caps_dropped).remove(&ino.0) {
+                Some(Change::Write)
+            } else {
+                Some(Change::Chown)
+            }
+        } else if size.is_some() {
+            Some(Change::Write)
+        } else {
+            None
+        };
+        if let Some(change) = change
+            && mode.is_none()
+        {
+            s.mode = self.killed_mode(ino.0, change, req);
+        }
         let me = self.clone();
         let work = move || me.setattr_now(ino, s, fh, reply);
         self.maybe_later(self.union.needs_copy_up(ino.0), work);
@@ -438,10 +478,15 @@ impl Filesystem for FuseFs {
         self.maybe_later(self.union.needs_copy_up(ino.0), work);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let kill = if flags.0 & libc::O_TRUNC != 0 {
+            self.killed_mode(ino.0, Change::Write, req)
+        } else {
+            None
+        };
         let me = self.clone();
-        let work = move || me.open_now(ino, flags, reply);
+        let work = move || me.open_now(ino, flags, kill, reply);
         self.maybe_later(writes && self.union.needs_copy_up(ino.0), work);
     }
 
@@ -516,12 +561,12 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -529,6 +574,12 @@ impl Filesystem for FuseFs {
         let Some(fd) = self.fd_of(fh) else {
             return reply.error(errno(Errno::EBADF));
         };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Some(mode) = self.killed_mode(ino.0, Change::Write, req)
+            && let Err(e) = self.set_mode(ino.0, mode)
+        {
+            return reply.error(errno(e));
+        }
         let mut done = 0;
         while done < data.len() {
             match nix::sys::uio::pwrite(fd.as_fd(), &data[done..], offset as i64 + done as i64) {
@@ -935,6 +986,27 @@ impl FuseFs {
         }
     }
 
+    /// The permission bits `ino` keeps when `change` by the sender of `req` drops set-id bits
+    /// from it, or `None` when it keeps them all (see `setid`).
+    fn killed_mode(&self, ino: Ino, change: Change, req: &Request) -> Option<u32> {
+        let st = self.union.getattr(ino).ok()?.st;
+        let asker = Asker {
+            pid: req.pid(),
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        setid::killed_mode(st.st_mode, st.st_gid, change, &asker)
+    }
+
+    /// Sets the permission bits of `ino` (copying it up when it is below).
+    fn set_mode(&self, ino: Ino, mode: u32) -> Result<(), Errno> {
+        let s = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        self.union.setattr(ino, &s, None).map(|_| ())
+    }
+
     fn setattr_now(&self, ino: INodeNo, s: SetAttr, fh: Option<FileHandle>, reply: ReplyAttr) {
         let fd = fh.and_then(|fh| self.fd_of(fh));
         match self
@@ -951,7 +1023,12 @@ impl FuseFs {
         self.entry_or_error(reply, r);
     }
 
-    fn open_now(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open_now(&self, ino: INodeNo, flags: OpenFlags, kill: Option<u32>, reply: ReplyOpen) {
+        if let Some(mode) = kill
+            && let Err(e) = self.set_mode(ino.0, mode)
+        {
+            return reply.error(errno(e));
+        }
         let fd = match self.union.open(ino.0, flags.0) {
             Ok(fd) => Arc::new(fd),
             Err(e) => return reply.error(errno(e)),
@@ -1010,7 +1087,11 @@ impl FuseFs {
     }
 
     fn removexattr_now(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        done(reply, self.union.removexattr(ino.0, name.as_bytes()))
+        let r = self.union.removexattr(ino.0, name.as_bytes());
+        if r.is_ok() && name.as_bytes() == b"security.capability" {
+            lock(&self.caps_dropped).insert(ino.0);
+        }
+        done(reply, r)
     }
 
     fn fallocate_now(

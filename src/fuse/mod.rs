@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod options;
 pub mod pool;
+pub mod setid;
 
 use std::path::Path;
 use std::sync::Arc;
