@@ -21,8 +21,14 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // fuser warns that it could not unmount when the mount was unmounted from outside (the
+    // usual way a foreground server ends): not worth a line at the default level.
+    let filters = match cli.log_level.as_str() {
+        "warn" => "warn,fuser::session=error".to_string(),
+        other => other.to_string(),
+    };
     env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
+        .parse_filters(&filters)
         .format_timestamp(None)
         .init();
     if let Err(f) = strata::cli::run(cli) {
