@@ -1,9 +1,11 @@
 -- The index of a strata store (index.db, SQLite in WAL mode). It is the truth: a blob file or a
 -- layer directory that no row names is an orphan that `strata system prune` removes.
--- Version 1. Later versions add migrations in src/store/index.rs and bump user_version.
+-- Version 2 (version 1 had extracted layers only). Older stores are brought up to date by the
+-- migrations in src/store/index.rs; later versions add one there and bump user_version.
 
 -- Every blob under blobs/sha256/<hex>: manifests, configs, image indexes and layer blobs, kept
--- byte for byte as received so that save and push reproduce the same digests.
+-- byte for byte as received so that save and push reproduce the same digests. A blob stays while
+-- a manifest, an image, a pending layer or a live lease names it.
 CREATE TABLE blobs (
     digest     TEXT PRIMARY KEY,          -- 'sha256:<64 hex>', the sha256 of the file's bytes
     size       INTEGER NOT NULL,          -- bytes
@@ -11,16 +13,38 @@ CREATE TABLE blobs (
     created    INTEGER NOT NULL           -- unix seconds when it was stored
 ) WITHOUT ROWID;
 
--- Every extracted layer under layers/<diff_id hex>/{diff,tree.bin}, in kernel overlayfs format.
+-- Every layer of the store, by diff_id, in one of two states:
+-- - 'extracted': its tree is under layers/<diff_id hex>/{diff,tree.bin}, in kernel overlayfs
+--   format, immutable;
+-- - 'pending': pulled but not yet used. It has no directory; its blob (stored, verified against
+--   the manifest's digest) is extracted on first use (mount, create, run) by
+--   Store::ensure_layers, which checks that the tar hashes to the diff_id before the row
+--   becomes 'extracted' (in the same write transaction as the rename into layers/).
 CREATE TABLE layers (
     diff_id      TEXT PRIMARY KEY,        -- sha256 of the uncompressed layer tar
-    size         INTEGER NOT NULL,        -- bytes of the uncompressed layer tar
-    content_size INTEGER NOT NULL,        -- bytes of regular-file content (hard links once)
-    entries      INTEGER NOT NULL,        -- objects in the layer, whiteouts included
-    tree_digest  TEXT NOT NULL,           -- sha256 of tree.bin, the layer's tree index
-    xattr_ns     TEXT NOT NULL,           -- 'trusted' or 'user': where opaque marks were written
-    created      INTEGER NOT NULL         -- unix seconds when it was extracted
+    state        TEXT NOT NULL CHECK (state IN ('extracted', 'pending')),
+    size         INTEGER NOT NULL,        -- bytes of the uncompressed layer tar; while pending an
+                                          -- estimate from the blob (gzip ISIZE, zstd frame
+                                          -- content size, else the blob's size)
+    content_size INTEGER,                 -- bytes of regular-file content (hard links once)
+    entries      INTEGER,                 -- objects in the layer, whiteouts included
+    tree_digest  TEXT,                    -- sha256 of tree.bin, the layer's tree index
+    xattr_ns     TEXT,                    -- 'trusted' or 'user': where opaque marks were written
+    blob         TEXT REFERENCES blobs(digest), -- pending: the blob to extract it from
+    compression  TEXT,                    -- pending: the blob's compression: 'gzip', 'zstd', 'none'
+    created      INTEGER NOT NULL,        -- unix seconds when it was extracted (pending: recorded)
+    -- content_size, entries, tree_digest and xattr_ns are set exactly when extracted; blob and
+    -- compression exactly when pending (IS NOT NULL spelled out: a CHECK that is NULL passes).
+    CHECK (CASE state
+        WHEN 'extracted' THEN content_size IS NOT NULL AND entries IS NOT NULL
+            AND tree_digest IS NOT NULL AND xattr_ns IS NOT NULL
+            AND blob IS NULL AND compression IS NULL
+        ELSE content_size IS NULL AND entries IS NULL AND tree_digest IS NULL
+            AND xattr_ns IS NULL AND blob IS NOT NULL AND compression IS NOT NULL
+            AND compression IN ('gzip', 'zstd', 'none')
+    END)
 ) WITHOUT ROWID;
+CREATE INDEX layers_by_blob ON layers(blob);
 
 -- Images: one per config. The id is the config's digest, as docker's.
 CREATE TABLE images (
@@ -29,7 +53,8 @@ CREATE TABLE images (
     created         TEXT,                 -- the config's 'created' (RFC 3339), if any
     architecture    TEXT,
     os              TEXT,
-    size            INTEGER NOT NULL,     -- sum of the uncompressed sizes of its layers
+    size            INTEGER NOT NULL,     -- sum of its layer rows' sizes (kept up to date when a
+                                          -- pending layer is extracted)
     added           INTEGER NOT NULL      -- unix seconds when it entered this store
 ) WITHOUT ROWID;
 
@@ -108,4 +133,4 @@ CREATE TABLE lease_refs (
 ) WITHOUT ROWID;
 CREATE INDEX lease_refs_by_key ON lease_refs(kind, key);
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

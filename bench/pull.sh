@@ -3,8 +3,15 @@
 #
 # Pull benchmark (issue #5): `strata pull` of a multi-layer image from a registry on loopback,
 # next to `skopeo copy docker://... dir:DIR` of the same image (download and verify every blob,
-# write them to a directory). strata does more: it also extracts every layer into the store,
-# indexes it, and fsyncs; skopeo only writes the blobs.
+# write them to a directory). strata now does what skopeo does: it stores the blobs (each
+# hashed as it streams, checked against its digest, fsynced) and records the image; layers are
+# extracted on first use (mount, create, run), as containerd unpacks when a snapshot is needed.
+#
+# Because that moves the extraction to first use, a second line shows the cost where it went:
+# "pull + first mount" (`strata pull`, then `strata mount IMAGE DIR` and `strata umount DIR`:
+# every layer decompressed, its diff_id checked, extracted, indexed and synced) next to
+# "skopeo copy + untar" (`skopeo copy ... dir:DIR`, then `tar -xzf` of each layer blob into
+# one directory, bottom first: no digest check of the tar, no whiteouts, no fsync).
 #
 # The image (built once, cached in $BENCH_DIR/image-<LAYERS>x<MB>M/): an OCI layout made with
 # umoci, LAYERS layers (default 4) of about MB_PER_LAYER MiB of real files each (default 40),
@@ -12,10 +19,10 @@
 # with skopeo to a docker-registry (../shared/fixtures/start-registry.sh) on 127.0.0.1, plain
 # HTTP, storage under $BENCH_DIR, stopped at exit.
 #
-# Each round times both subjects (alternating which goes first) on an empty store / an empty
-# directory (removed before each sample, untimed, then `sync`). Prints every sample, the
-# medians and the ratio strata / skopeo (goal: at most 1.0), and writes the samples to
-# $BENCH_DIR/results-<date>.csv.
+# Each round times the four subjects (in an order that changes every round) on an empty store
+# / an empty directory (removed before each sample, untimed, then `sync`). Prints every sample,
+# the medians and the ratios strata / skopeo (goal for the pull: at most 1.0), and writes the
+# samples to $BENCH_DIR/results-<date>.csv.
 #
 # Env: STRATA (default <repo>/target/release/strata), BENCH_DIR (default
 # /var/tmp/strata-bench/pull), PORT (default 45500), SHARED (default <repo>/../shared).
@@ -89,6 +96,9 @@ if [ ! -f "$IMG/.complete" ]; then
 fi
 
 cleanup() {
+  if [ -d "$RUN/mnt" ] && mountpoint -q "$RUN/mnt"; then
+    "$STRATA" --root "$RUN/store" umount "$RUN/mnt" >/dev/null 2>&1 || umount -l "$RUN/mnt" || true
+  fi
   "$SHARED/fixtures/stop-registry.sh" "$REG" >/dev/null 2>&1 || true
   rm -rf "$RUN"
 }
@@ -99,50 +109,85 @@ skopeo --insecure-policy copy --quiet --preserve-digests --dest-tls-verify=false
   "oci:$IMG/oci:bench" "docker://$NAME"
 blob_bytes=$(du -sb "$IMG/oci/blobs" | cut -f1)
 echo "image: $NAME, $LAYERS layers, $((blob_bytes / 1024 / 1024)) MiB of blobs"
+# The layer blobs bottom first (what skopeo's dir: holds under these names), read untimed.
+mapfile -t LAYER_FILES < <(python3 - "$IMG/oci" <<'PY'
+import json, sys
+layout = sys.argv[1]
+blob = lambda d: f"{layout}/blobs/sha256/{d.split(':')[1]}"
+index = json.load(open(f"{layout}/index.json"))
+manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+for l in manifest["layers"]:
+    print(l["digest"].split(":")[1])
+PY
+)
+[ "${#LAYER_FILES[@]}" -eq "$LAYERS" ] || { echo "pull.sh: expected $LAYERS layers, found ${#LAYER_FILES[@]}" >&2; exit 1; }
 
 now() { date +%s.%N; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 CSV=$BENCH_DIR/results-$(date +%Y%m%d-%H%M%S).csv
 echo "round,subject,seconds" > "$CSV"
-declare -a S_STRATA=() S_SKOPEO=()
+declare -a S_STRATA=() S_SKOPEO=() S_STRATA_MOUNT=() S_SKOPEO_UNTAR=()
 
 sample() {  # SUBJECT ROUND
   rm -rf "$RUN"
   mkdir -p "$RUN"
   sync
-  local t0 t1
+  local t0 t1 s f
   case $1 in
     strata)
       t0=$(now)
       "$STRATA" --root "$RUN/store" pull -q "$NAME" >/dev/null
       t1=$(now)
-      S_STRATA+=("$(sub "$t1" "$t0")")
+      s=$(sub "$t1" "$t0"); S_STRATA+=("$s")
       ;;
     skopeo)
       t0=$(now)
       skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$NAME" "dir:$RUN/dir"
       t1=$(now)
-      S_SKOPEO+=("$(sub "$t1" "$t0")")
+      s=$(sub "$t1" "$t0"); S_SKOPEO+=("$s")
+      ;;
+    strata+mount)
+      mkdir -p "$RUN/mnt"
+      t0=$(now)
+      "$STRATA" --root "$RUN/store" pull -q "$NAME" >/dev/null
+      "$STRATA" --root "$RUN/store" mount "$NAME" "$RUN/mnt" >/dev/null
+      "$STRATA" --root "$RUN/store" umount "$RUN/mnt" >/dev/null
+      t1=$(now)
+      s=$(sub "$t1" "$t0"); S_STRATA_MOUNT+=("$s")
+      ;;
+    skopeo+untar)
+      mkdir -p "$RUN/rootfs"
+      t0=$(now)
+      skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$NAME" "dir:$RUN/dir"
+      for f in "${LAYER_FILES[@]}"; do
+        tar -xzf "$RUN/dir/$f" -C "$RUN/rootfs"
+      done
+      t1=$(now)
+      s=$(sub "$t1" "$t0"); S_SKOPEO_UNTAR+=("$s")
       ;;
   esac
-  local s
-  s=$(sub "$t1" "$t0")
-  printf 'round %d  %-7s %6.3f s\n' "$2" "$1" "$s"
+  printf 'round %d  %-13s %6.3f s\n' "$2" "$1" "$s"
   echo "$2,$1,$s" >> "$CSV"
 }
 
+SUBJECTS=(strata skopeo strata+mount skopeo+untar)
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then
-    sample strata "$r"; sample skopeo "$r"
-  else
-    sample skopeo "$r"; sample strata "$r"
-  fi
+  # Rotate the order, and reverse it every other round.
+  order=()
+  for ((i = 0; i < 4; i++)); do order+=("${SUBJECTS[(i + r) % 4]}"); done
+  if ((r % 2 == 0)); then order=("${order[3]}" "${order[2]}" "${order[1]}" "${order[0]}"); fi
+  for subj in "${order[@]}"; do sample "$subj" "$r"; done
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 ms=$(median "${S_STRATA[@]}")
 mk=$(median "${S_SKOPEO[@]}")
+mm=$(median "${S_STRATA_MOUNT[@]}")
+mu=$(median "${S_SKOPEO_UNTAR[@]}")
 echo
-printf '%-28s %10s %10s %8s\n' "image" "strata s" "skopeo s" "ratio"
-printf '%-28s %10.3f %10.3f %8.2f\n' "${LAYERS}x${MB}MiB ($((blob_bytes / 1024 / 1024)) MiB gz)" "$ms" "$mk" "$(awk -v a="$ms" -v b="$mk" 'BEGIN { print a / b }')"
+echo "image: ${LAYERS}x${MB}MiB ($((blob_bytes / 1024 / 1024)) MiB gz), medians of $ROUNDS rounds"
+printf '%-48s %10s %10s %8s\n' "what (strata / skopeo)" "strata s" "skopeo s" "ratio"
+printf '%-48s %10.3f %10.3f %8s\n' "pull / skopeo copy" "$ms" "$mk" "$(ratio "$ms" "$mk")"
+printf '%-48s %10.3f %10.3f %8s\n' "pull + first mount / skopeo copy + untar" "$mm" "$mu" "$(ratio "$mm" "$mu")"
 echo "samples: $CSV"

@@ -208,6 +208,18 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Containers, mounts and servers a test left (also when it failed).
+        if self.st.root().exists() {
+            common::containers::clean_up_store(&self.st.root());
+        }
+        for m in common::containers::mounts_under(self.st.dir.path()) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 fn repo_digests(v: &Value) -> Vec<String> {
     v["RepoDigests"]
         .as_array()
@@ -823,18 +835,199 @@ fn four_pulls_at_once_store_each_blob_once() {
                 .as_str()
                 .unwrap()[7..]
         ),
-        format!(
-            "layers/{}",
-            &digests()["layouts"]["oci"]["busybox"]["layers"][0]["diff_id"]
-                .as_str()
-                .unwrap()[7..]
-        ),
     ]
     .into_iter()
     .collect();
+    // Blobs only: the layer waits for its first use.
     assert_eq!(e.contents(), want);
     e.st.assert_fsck_clean();
     assert_eq!(e.ok(&["images", "-q"]).lines().count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers fetched at pull, extracted on first use
+
+/// The layer directories of a store.
+fn layer_dirs(e: &Env) -> Vec<String> {
+    e.contents()
+        .into_iter()
+        .filter(|c| c.starts_with("layers/"))
+        .collect()
+}
+
+/// What `strata info` says of pending layers.
+fn pending_layers(e: &Env) -> u64 {
+    let v: Value = serde_json::from_str(&e.ok(&["info", "-f", "json"])).unwrap();
+    v["LayersPending"].as_u64().unwrap()
+}
+
+#[test]
+fn a_pulled_image_is_extracted_on_first_use() {
+    let reg = Registry::start(None);
+    let h = reg.host();
+    skopeo_push(&oci("oci", "busybox"), &reg, "busybox:1.35", &[]);
+    let name = format!("{h}/busybox:1.35");
+    let manifest = fixture("oci", "busybox", "manifest");
+    let config = fixture("oci", "busybox", "config");
+    let layer = &digests()["layouts"]["oci"]["busybox"]["layers"][0];
+    let diff_id = layer["diff_id"].as_str().unwrap().to_string();
+    let blob = layer["digest"].as_str().unwrap().to_string();
+    // The fixture's layer tar is 2,136,576 bytes (see large_blobs_go_in_chunks); the gzip
+    // trailer gives it before any extraction.
+    const TAR_SIZE: u64 = 2_136_576;
+
+    // The pull stores blobs only; images, inspect and fsck know the image all the same.
+    let e = Env::new();
+    e.ok(&["pull", "-q", &name]);
+    assert_eq!(layer_dirs(&e), Vec::<String>::new());
+    assert!(
+        e.contents()
+            .contains(&format!("blobs/sha256/{}", &blob[7..]))
+    );
+    assert_eq!(pending_layers(&e), 1);
+    let v = e.inspect(&name);
+    assert_eq!(v["Id"], config.as_str());
+    assert_eq!(v["RootFS"]["Layers"][0], diff_id.as_str());
+    assert_eq!(v["Descriptor"]["digest"], manifest.as_str());
+    assert!(repo_digests(&v).contains(&format!("{h}/busybox@{manifest}")));
+    assert_eq!(v["Size"], TAR_SIZE);
+    let images = e.ok(&["images", "--digests", "--no-trunc"]);
+    assert!(
+        images.contains(&config) && images.contains(&manifest) && images.contains("2.14MB"),
+        "{images}"
+    );
+    let df = e.ok(&["system", "df"]);
+    assert!(df.contains("1 of the layers pending"), "{df}");
+    e.st.assert_fsck_clean();
+
+    // The first mount extracts it; the size stays the same, now measured.
+    let mnt = e.st.dir.path().join("mnt");
+    let out = e.ok(&["mount", &name, mnt.to_str().unwrap()]);
+    assert_eq!(out.trim(), mnt.to_str().unwrap());
+    assert!(
+        fs::read_to_string(mnt.join("etc/passwd"))
+            .unwrap()
+            .starts_with("root:")
+    );
+    e.ok(&["umount", mnt.to_str().unwrap()]);
+    assert_eq!(layer_dirs(&e), [format!("layers/{}", &diff_id[7..])]);
+    assert_eq!(pending_layers(&e), 0);
+    assert_eq!(e.inspect(&name)["Size"], TAR_SIZE);
+    e.st.assert_fsck_clean();
+
+    // run: the first one extracts (a fresh store), the second does not.
+    let e2 = Env::new();
+    e2.ok(&["pull", "-q", &name]);
+    let run = |e: &Env| {
+        let o = e.run(&[
+            "--log-level",
+            "info",
+            "run",
+            "--rm",
+            &name,
+            "cat",
+            "/etc/motd",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(!String::from_utf8_lossy(&o.stdout).is_empty());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&e2);
+    assert!(
+        err.contains(&format!("extracting layer {diff_id}")),
+        "{err}"
+    );
+    let tree = e2
+        .st
+        .root()
+        .join("layers")
+        .join(&diff_id[7..])
+        .join("tree.bin");
+    let extracted = fs::metadata(&tree).unwrap().modified().unwrap();
+    let err = run(&e2);
+    assert!(!err.contains("extracting layer"), "{err}");
+    assert_eq!(fs::metadata(&tree).unwrap().modified().unwrap(), extracted);
+    e2.ok(&["run", "--rm", &name, "true"]);
+    e2.st.assert_fsck_clean();
+
+    // Two mounts at once of a freshly pulled image: both extract, one directory stays.
+    let e3 = Env::new();
+    e3.ok(&["pull", "-q", &name]);
+    let dirs: Vec<PathBuf> = (0..2)
+        .map(|i| e3.st.dir.path().join(format!("mnt{i}")))
+        .collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            e3.cmd(&["mount", &name, d.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    for d in &dirs {
+        assert!(fs::read_to_string(d.join("etc/motd")).is_ok());
+        e3.ok(&["umount", d.to_str().unwrap()]);
+    }
+    assert_eq!(layer_dirs(&e3), [format!("layers/{}", &diff_id[7..])]);
+    e3.ok(&["system", "prune", "-f"]); // the loser's copy, if it went to the trash
+    e3.st.assert_fsck_clean();
+
+    // A pulled image never used: pushed byte for byte without extracting; rmi leaves nothing.
+    let e4 = Env::new();
+    e4.ok(&["pull", "-q", &name]);
+    let out = e4.ok(&["push", &name, &format!("{h}/copy/busybox:1")]);
+    assert!(
+        out.ends_with(&format!("1: digest: {manifest} size: 349\n")),
+        "{out}"
+    );
+    assert_eq!(
+        skopeo_inspect(&reg, "copy/busybox:1", &[])["Digest"],
+        manifest.as_str()
+    );
+    assert_eq!(layer_dirs(&e4), Vec::<String>::new());
+    let skopeo_dir = e4.st.dir.path().join("copied");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{h}/copy/busybox:1"),
+        &format!("dir:{}", skopeo_dir.display()),
+    ]);
+    assert_eq!(
+        fs::read(skopeo_dir.join(&blob[7..])).unwrap(),
+        fs::read(busybox_images().join("oci/blobs/sha256").join(&blob[7..])).unwrap()
+    );
+    e4.ok(&["rmi", &name]);
+    assert_eq!(e4.contents(), BTreeSet::new());
+    e4.st.assert_fsck_clean();
+
+    // docker-archive save of a pending layer: measured and checked, still not extracted.
+    let e5 = Env::new();
+    e5.ok(&["pull", "-q", &name]);
+    let saved = e5.st.dir.path().join("saved.tar");
+    e5.ok(&["save", "-o", saved.to_str().unwrap(), &name]);
+    assert_eq!(layer_dirs(&e5), Vec::<String>::new());
+    let e6 = Env::new();
+    e6.ok(&["load", "-i", saved.to_str().unwrap()]);
+    assert_eq!(e6.inspect(&name)["Id"], config.as_str());
+    // A load that brings the layer pulled before extracts it from its own stream.
+    e5.ok(&["load", "-i", saved.to_str().unwrap()]);
+    assert_eq!(layer_dirs(&e5), [format!("layers/{}", &diff_id[7..])]);
+    assert_eq!(pending_layers(&e5), 0);
+    e5.st.assert_fsck_clean();
+
+    // --extract: docker's behaviour.
+    let e7 = Env::new();
+    e7.ok(&["pull", "-q", "--extract", &name]);
+    assert_eq!(layer_dirs(&e7), [format!("layers/{}", &diff_id[7..])]);
+    assert_eq!(pending_layers(&e7), 0);
+    e7.st.assert_fsck_clean();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1297,6 +1490,164 @@ fn hostile_registries_get_clear_errors_and_leave_nothing() {
     }));
     pull_fails(&fake, &[&img.layer_digest, "connection lost"]);
     drop(fake);
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// A one-layer image (`layer`: a gzip tar) whose config names `diff_id`, as a fake registry
+/// serves it.
+fn image_of(layer: Vec<u8>, diff_id: &str) -> Image {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let (config_digest, layer_digest) = (sha256(&config), sha256(&layer));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let mut blobs = std::collections::HashMap::new();
+    blobs.insert(config_digest.clone(), config);
+    blobs.insert(layer_digest.clone(), layer);
+    Image {
+        manifest_digest: sha256(&manifest),
+        manifest,
+        config_digest,
+        layer_digest,
+        blobs,
+    }
+}
+
+/// A fake registry serving `img` for any name.
+fn serving(img: Image) -> Fake {
+    let img = Arc::new(img);
+    Fake::start(Arc::new(move |req, s| {
+        if !serve(&img, req, s) {
+            not_found(s);
+        }
+    }))
+}
+
+/// Diff_ids are checked when a layer is extracted, not at pull (the pull stores blobs, each
+/// verified against the manifest's digest): a config that lies about one pulls, then its first
+/// mount or run fails naming the layer and both digests, leaves no directory, and the store
+/// keeps working for everything else.
+#[test]
+fn a_config_that_lies_about_a_diff_id_fails_at_first_use_and_leaves_nothing() {
+    let good = busybox_image();
+    let real = digests()["layouts"]["oci"]["busybox"]["layers"][0]["diff_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let claimed = sha256(b"not the busybox layer");
+    let liar = image_of(good.blobs[&good.layer_digest].clone(), &claimed);
+    let blob = liar.layer_digest.clone();
+    let fake = serving(liar);
+    let e = Env::new();
+    e.ok(&[
+        "load",
+        "-i",
+        busybox_images().join("busybox.tar").to_str().unwrap(),
+    ]);
+    let before = e.contents();
+    let name = format!("{}/liar/busybox:1", fake.host());
+    e.ok(&["pull", "-q", &name]);
+    assert_eq!(e.inspect(&name)["RootFS"]["Layers"][0], claimed.as_str());
+
+    let mnt = e.st.dir.path().join("mnt");
+    let err = e.fails(&["mount", &name, mnt.to_str().unwrap()]);
+    for d in [&claimed, &real, &blob] {
+        assert!(err.contains(d.as_str()), "the error lacks {d}: {err}");
+    }
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    eprintln!("{err}");
+    let o = e.run(&["run", "--rm", &name, "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&claimed));
+    assert_eq!(e.ok(&["ps", "-aq"]), "", "a container was left");
+    // Nothing of it extracted or left in tmp/; the row stays pending, which fsck reports.
+    let layers: Vec<String> = e
+        .contents()
+        .into_iter()
+        .filter(|c| c.starts_with("layers/") || c.starts_with("tmp/"))
+        .collect();
+    assert_eq!(layers, [format!("layers/{}", &real[7..])]);
+    let o = e.run(&["fsck"]);
+    assert!(!o.status.success());
+    let problems =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let named: Vec<&str> = problems.lines().filter(|l| l.contains(&claimed)).collect();
+    assert_eq!(named.len(), 1, "{problems}");
+    assert!(named[0].contains(&real), "{problems}");
+    // Everything else still works; without the liar the store is clean and as before.
+    e.ok(&["run", "--rm", "busybox:1.35", "true"]);
+    e.ok(&["rmi", &name]);
+    assert_eq!(e.contents(), before);
+    e.st.assert_fsck_clean();
+}
+
+/// A hostile tar in a pulled layer is refused when the layer is extracted, as `import` and
+/// `load` refuse it: nothing written outside the layer, nothing left in the store.
+#[test]
+fn a_hostile_pulled_layer_is_refused_at_extraction() {
+    let e = Env::new();
+    let outside = e.st.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // A symlink out of the layer, then a file written through it.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_link(&mut h, "escape", &outside).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "escape/pwned", &b"pwned\n"[..])
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let img = image_of(gz.finish().unwrap(), &sha256(&tar));
+    let blob = img.layer_digest.clone();
+    let fake = serving(img);
+    let name = format!("{}/hostile/layer:1", fake.host());
+    e.ok(&["pull", "-q", &name]);
+    let before = e.contents();
+    let err = e.fails(&[
+        "mount",
+        &name,
+        e.st.dir.path().join("mnt").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!("(blob {blob}): entry \"escape/pwned\"")),
+        "{err}"
+    );
+    assert!(err.contains("refusing to write through it"), "{err}");
+    eprintln!("{err}");
+    assert!(!outside.join("pwned").exists());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(e.contents(), before, "the store changed");
+    e.ok(&["rmi", &name]);
+    assert_eq!(e.contents(), BTreeSet::new());
+    e.st.assert_fsck_clean();
 }
 
 #[test]

@@ -957,7 +957,8 @@ fn info(s: &Store, format: Option<&str>) -> Result<(), Failure> {
         "Images": idx.count("images")?,
         "Tags": idx.count("tags")?,
         "Layers": layers.len(),
-        "LayersSize": layers.iter().map(|l| l.content_size).sum::<u64>(),
+        "LayersPending": layers.iter().filter(|l| l.is_pending()).count(),
+        "LayersSize": layers.iter().filter_map(|l| l.content_size()).sum::<u64>(),
         "Blobs": blobs.len(),
         "BlobsSize": blobs.iter().map(|b| b.size).sum::<u64>(),
         "Containers": idx.count("containers")?,
@@ -986,10 +987,14 @@ fn info(s: &Store, format: Option<&str>) -> Result<(), Failure> {
                 v["SchemaVersion"]
             );
             println!(" Images:          {} ({} tags)", v["Images"], v["Tags"]);
+            let pending = match v["LayersPending"].as_u64().unwrap_or(0) {
+                0 => String::new(),
+                n => format!("; {n} pending: pulled, extracted on first use"),
+            };
             println!(
-                " Layers:          {} ({} of files)",
+                " Layers:          {} ({} of files{pending})",
                 v["Layers"],
-                human_size(v["LayersSize"].as_u64().unwrap_or(0))
+                human_size(v["LayersSize"].as_u64().unwrap_or(0)),
             );
             println!(
                 " Blobs:           {} ({})",
@@ -1041,7 +1046,8 @@ fn df(s: &Store, verbose: bool, format: Option<&str>) -> Result<(), Failure> {
         .iter()
         .filter(|i| !tags.iter().any(|t| t.image_id == i.id))
         .collect();
-    let layer_bytes: u64 = layers.iter().map(|l| l.content_size).sum();
+    let layer_bytes: u64 = layers.iter().filter_map(|l| l.content_size()).sum();
+    let pending = layers.iter().filter(|l| l.is_pending()).count();
     let blob_bytes: u64 = blobs.iter().map(|b| b.size).sum();
     let reclaim_imgs: u64 = dangling.iter().map(|i| i.size).sum();
     let containers = idx.count("containers")?;
@@ -1092,6 +1098,11 @@ fn df(s: &Store, verbose: bool, format: Option<&str>) -> Result<(), Failure> {
         ("Reclaimable", "RECLAIMABLE"),
     ];
     print_rows(&rows, &headers, format)?;
+    if pending > 0 && format.is_none() {
+        println!(
+            "\n{pending} of the layers pending: pulled, extracted on first use (their blobs count under Blobs)"
+        );
+    }
     if verbose {
         println!("\nImages space usage:\n");
         let mut lines = vec!["REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE".to_string()];
@@ -1119,13 +1130,23 @@ fn df(s: &Store, verbose: bool, format: Option<&str>) -> Result<(), Failure> {
         println!("\nLayers space usage:\n");
         let mut lines = vec!["LAYER (DIFF_ID)\tENTRIES\tFILES SIZE\tTAR SIZE".to_string()];
         for l in &layers {
-            lines.push(format!(
-                "{}\t{}\t{}\t{}",
-                l.diff_id.short(),
-                l.entries,
-                human_size(l.content_size),
-                human_size(l.size)
-            ));
+            match &l.state {
+                store::index::LayerState::Extracted {
+                    entries,
+                    content_size,
+                    ..
+                } => lines.push(format!(
+                    "{}\t{entries}\t{}\t{}",
+                    l.diff_id.short(),
+                    human_size(*content_size),
+                    human_size(l.size)
+                )),
+                store::index::LayerState::Pending { .. } => lines.push(format!(
+                    "{}\t-\tpending\t~{}",
+                    l.diff_id.short(),
+                    human_size(l.size)
+                )),
+            }
         }
         print!("{}", format::tabulate(&lines));
     }

@@ -163,6 +163,7 @@ pub fn mount(s: &Store, target: Option<&str>, dir: Option<&Path>) -> Result<(), 
     }
     let r = s.resolve(name)?;
     let layers = s.index().image_layers(&r.id)?;
+    s.ensure_layers(&layers)?; // a pulled image's layers are extracted on first use
     let spec = UnionSpec {
         lowers: layers.iter().rev().map(|d| s.layer_diff(d)).collect(),
         ..UnionSpec::default()

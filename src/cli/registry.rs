@@ -36,6 +36,10 @@ pub struct PullArgs {
     /// Pick this platform (os/arch[/variant]) from a multi-platform image
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// Extract the layers during the pull, as docker does (by default they are stored as
+    /// blobs and extracted on first use: mount, create, run)
+    #[arg(long)]
+    pub extract: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// NAME[:TAG|@DIGEST]
@@ -116,6 +120,7 @@ pub fn pull(cli: &super::Cli, a: &PullArgs) -> Result<(), Failure> {
     }
     let opts = PullOptions {
         platform,
+        extract: a.extract,
         ..PullOptions::default()
     };
     let p = s.pull(

@@ -259,6 +259,9 @@ pub fn create(store: &Store, image: &str, opts: &RunOptions) -> Result<Container
     let raw: Value = serde_json::from_slice(&store.read_blob(&resolved.id)?)
         .map_err(|e| Error::Invalid(format!("{image}: unreadable image config: {e}")))?;
     let image_config = raw.get("config").cloned().unwrap_or(Value::Null);
+    // A pulled image's layers are extracted on first use: here, so that a layer that fails
+    // its check fails the create, before any container exists.
+    store.ensure_layers(&store.index().image_layers(&resolved.id)?)?;
     let id = spec::new_id();
     let name = match &opts.name {
         Some(n) if !spec::valid_name(n) => {
@@ -354,10 +357,12 @@ fn make_dirs(paths: &Paths, config: &ContainerConfig) -> Result<()> {
 }
 
 /// The union a container runs on: its init layer over the image's layers, its upper on top,
-/// with metadata-only copy-up.
+/// with metadata-only copy-up. Layers of the image still pending (pulled, never used) are
+/// extracted first.
 pub fn union_spec(store: &Store, c: &Container) -> Result<crate::cow::UnionSpec> {
     let paths = Paths::new(store, c.id());
     let layers = store.index().image_layers(&c.row.image_id)?;
+    store.ensure_layers(&layers)?;
     let mut lowers = vec![paths.init()];
     lowers.extend(layers.iter().rev().map(|d| store.layer_diff(d)));
     Ok(crate::cow::UnionSpec {

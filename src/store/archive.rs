@@ -748,6 +748,13 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("layer {diff_id} is not in image {image}")))?;
         let blob = &m.layers[pos];
         let c = Compression::from_media_type(&blob.media_type).map_err(Error::BadInput)?;
+        // A pending layer's row has only an estimate of its size: measure it (a pass that also
+        // checks the diff_id before anything is written).
+        let size = if layer.is_pending() {
+            self.tar_size_of_blob(diff_id, &blob.digest, c)?
+        } else {
+            layer.size
+        };
         let f = BufReader::with_capacity(1 << 20, self.open_blob(&blob.digest)?);
         let dec = c
             .decoder(f)
@@ -757,10 +764,10 @@ impl Store {
                 inner: dec,
                 hasher: Some(HashingWriter::new(io::sink())),
                 want: diff_id.clone(),
-                left: layer.size,
+                left: size,
                 checked: false,
             }),
-            layer.size,
+            size,
         ))
     }
 

@@ -49,6 +49,11 @@ impl<'s> Ingest<'s> {
         })
     }
 
+    /// The temporary file being written.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The writer, to fill the blob from another thread.
     pub fn writer(&mut self) -> &mut BlobWriter {
         &mut self.w

@@ -1,7 +1,8 @@
 //! Garbage collection and checks: `system prune` (unused images, stale leases of killed
 //! processes, and orphans a crash left: blob files and layer directories no row names,
 //! temporary files of dead leases, the trash) and `fsck` (re-hashes every blob, rebuilds every
-//! layer's tree index from disk and compares, checks every reference between rows and files).
+//! extracted layer's tree index from disk and compares, decompresses every pending layer's blob
+//! to check its diff_id, checks every reference between rows and files).
 
 use std::collections::HashSet;
 use std::fs;
@@ -12,7 +13,7 @@ use super::Store;
 use super::digest::{Digest, Hasher};
 use super::error::{Error, IoContext, Result};
 use super::image;
-use super::index::{self};
+use super::index::{self, LayerState};
 use super::tree::LayerTree;
 use crate::sys;
 
@@ -111,8 +112,10 @@ impl Store {
             }
             let layers_dir = self.root().join("layers");
             for name in dir_names(&layers_dir)? {
+                // A pending layer has no directory yet: one there is what an interrupted
+                // extraction left.
                 let known = match Digest::from_hex(&name) {
-                    Ok(d) => index::layer(c, &d)?.is_some(),
+                    Ok(d) => index::layer(c, &d)?.is_some_and(|l| !l.is_pending()),
                     Err(_) => false,
                 };
                 if !known {
@@ -184,6 +187,29 @@ impl Store {
         let layers = idx.layers()?;
         let known_layers: HashSet<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         for l in &layers {
+            let tree_digest = match &l.state {
+                LayerState::Extracted { tree_digest, .. } => tree_digest,
+                LayerState::Pending { blob, compression } => {
+                    // No directory until its first use; its blob must be there, and decompress
+                    // to the diff_id (as the extraction will check).
+                    if self.layer_path(&l.diff_id).exists() {
+                        problems.push(format!(
+                            "layer {}: pending, but layers/{} exists (left by an interrupted extraction; strata system prune removes it)",
+                            l.diff_id,
+                            l.diff_id.hex()
+                        ));
+                    }
+                    if !known_blobs.contains(blob) {
+                        problems.push(format!(
+                            "layer {}: pending, and its blob {blob} is missing",
+                            l.diff_id
+                        ));
+                    } else if let Err(e) = self.tar_size_of_blob(&l.diff_id, blob, *compression) {
+                        problems.push(format!("layer {}: pending: {e}", l.diff_id));
+                    }
+                    continue;
+                }
+            };
             let diff = self.layer_diff(&l.diff_id);
             if !diff.is_dir() {
                 problems.push(format!(
@@ -196,7 +222,7 @@ impl Store {
             match fs::read(self.layer_tree(&l.diff_id)) {
                 Err(e) => problems.push(format!("layer {}: tree index unreadable: {e}", l.diff_id)),
                 Ok(stored) => {
-                    if Digest::of(&stored) != l.tree_digest {
+                    if Digest::of(&stored) != *tree_digest {
                         problems.push(format!(
                             "layer {}: tree index does not match the index's digest",
                             l.diff_id

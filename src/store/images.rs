@@ -41,6 +41,22 @@ pub struct NewImage<'a> {
     pub label: String,
 }
 
+/// An image whose layers the store has, for [`Store::record_image`].
+pub struct StoredImage<'a> {
+    /// The manifest as received and its media type; `None` makes the store write one.
+    pub manifest: Option<(Vec<u8>, String)>,
+    /// With no manifest: write a Docker schema 2 one rather than OCI.
+    pub docker_manifest: bool,
+    /// The config as received.
+    pub config: &'a [u8],
+    /// Each layer's (media type, blob digest, blob size), bottom first.
+    pub layers: &'a [(String, Digest, u64)],
+    pub tags: &'a [Reference],
+    pub repo_digests: &'a [(String, Option<Digest>)],
+    /// Names the image in messages.
+    pub label: &'a str,
+}
+
 /// What `rmi` did, in docker's words.
 #[derive(Debug, Default)]
 pub struct Removed {
@@ -92,7 +108,6 @@ impl Store {
             )));
         }
         let mut descs = Vec::with_capacity(n);
-        let mut size = 0u64;
         for (i, mut l) in img.layers.into_iter().enumerate() {
             l.expect.diff_id = Some(config.diff_ids[i].clone());
             if let Some(m) = &manifest {
@@ -109,7 +124,6 @@ impl Store {
             let bar = progress.bytes(&short_label(&l.label), l.size);
             let src = (l.open)()?;
             let got = self.ingest_layer(src, &l.expect, &label, lease, &bar)?;
-            size += got.size;
             let mt = match (&manifest, img.docker_manifest) {
                 (Some(m), _) => m.layers[i].media_type.clone(),
                 (None, true) => got.compression.docker_media_type().to_string(),
@@ -117,13 +131,55 @@ impl Store {
             };
             descs.push((mt, got.blob, got.blob_size));
         }
-        let config_mt = match (&manifest, img.docker_manifest) {
-            (Some(m), _) => m.config.media_type.clone(),
+        self.record_image(
+            StoredImage {
+                manifest: img.manifest,
+                docker_manifest: img.docker_manifest,
+                config: &img.config,
+                layers: &descs,
+                tags: &img.tags,
+                repo_digests: &img.repo_digests,
+                label: &what,
+            },
+            lease,
+        )
+    }
+
+    /// Adds an image whose layers the store has (extracted or pending, held by `lease`): its
+    /// config and manifest blobs, then its index rows in one transaction. Returns the image id.
+    pub fn record_image(&self, img: StoredImage<'_>, lease: &Lease<'_>) -> Result<Digest> {
+        let what = img.label;
+        let config = image::parse_config(img.config, what)?;
+        let config_digest = Digest::of(img.config);
+        let descs = img.layers;
+        if descs.len() != config.diff_ids.len() {
+            return Err(Error::BadInput(format!(
+                "{what}: {} layers but the config lists {} diff_ids",
+                descs.len(),
+                config.diff_ids.len()
+            )));
+        }
+        let manifest = match &img.manifest {
+            Some((bytes, _)) => {
+                let m = image::parse_manifest(bytes, what)?;
+                if m.config.digest != config_digest {
+                    return Err(Error::DigestMismatch {
+                        what: format!("{what}: config"),
+                        expected: m.config.digest.to_string(),
+                        actual: config_digest.to_string(),
+                    });
+                }
+                Some(m)
+            }
+            None => None,
+        };
+        let config_mt = match (manifest, img.docker_manifest) {
+            (Some(m), _) => m.config.media_type,
             (None, true) => image::DOCKER_CONFIG.to_string(),
             (None, false) => image::OCI_CONFIG.to_string(),
         };
         self.put_blob(
-            &img.config,
+            img.config,
             Some(&config_digest),
             Some(&config_mt),
             &format!("{what}: config"),
@@ -134,7 +190,7 @@ impl Store {
             None => {
                 let bytes = image::make_manifest(
                     (&config_digest, img.config.len() as u64),
-                    &descs,
+                    descs,
                     img.docker_manifest,
                 );
                 let mt = if img.docker_manifest {
@@ -160,14 +216,14 @@ impl Store {
             created: config.created.clone(),
             architecture: Some(config.architecture.clone()),
             os: Some(config.os.clone()),
-            size,
+            size: 0, // the sum of its layer rows' sizes, computed by insert_image
             added: now(),
         };
         let mut untagged = Vec::new();
         self.index().write(&format!("add image {what}"), |c| {
             index::insert_image(c, &row, &config.diff_ids)?;
             index::insert_manifest(c, &manifest_digest, &config_digest, &manifest_mt, &blobs)?;
-            for t in &img.tags {
+            for t in img.tags {
                 if let Some(old) = index_tag(c, t)?
                     && old.image_id != config_digest
                 {
@@ -183,7 +239,7 @@ impl Store {
                     },
                 )?;
             }
-            for (r, d) in &img.repo_digests {
+            for (r, d) in img.repo_digests {
                 index::add_repo_digest(
                     c,
                     r,

@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use super::blobs::{BlobWriter, Ingest, fsync_dir};
 use super::digest::{Digest, HashingReader};
 use super::error::{Error, IoContext, Result};
-use super::index::{self, LayerRow};
+use super::index::{self, LayerRow, LayerState};
 use super::tree::LayerTree;
 use super::unpack::Unpacker;
 use super::{Lease, Store, now};
@@ -37,6 +37,25 @@ impl Compression {
             Compression::Zstd
         } else {
             Compression::None
+        }
+    }
+
+    /// The name the index records (`none`, `gzip`, `zstd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The compression of a name [`Compression::name`] gave.
+    pub fn from_name(name: &str) -> Option<Compression> {
+        match name {
+            "none" => Some(Compression::None),
+            "gzip" => Some(Compression::Gzip),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
         }
     }
 
@@ -140,7 +159,7 @@ impl Read for ChannelReader {
     }
 }
 
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// Copies `src` into the ingest and the channel, in chunks of about 1 MiB. When the extractor
 /// stops early (it failed) and `drain`, the rest of `src` still goes into the ingest, so that
@@ -191,7 +210,7 @@ fn copy_thread(
 }
 
 /// Removes a temporary layer directory unless disarmed.
-struct TmpDir<'p>(Option<&'p Path>);
+pub(super) struct TmpDir<'p>(pub(super) Option<&'p Path>);
 impl Drop for TmpDir<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.0 {
@@ -202,7 +221,8 @@ impl Drop for TmpDir<'_> {
 
 impl Store {
     /// Ingests one layer: stores its blob and its extracted directory (unless the store has the
-    /// layer already, in which case the stream is only hashed). `label` names the layer in errors.
+    /// layer extracted already, in which case the stream is only hashed; a pending layer is
+    /// extracted from the stream and so becomes extracted). `label` names the layer in errors.
     pub fn ingest_layer(
         &self,
         src: impl Read + Send,
@@ -212,12 +232,15 @@ impl Store {
         bar: &indicatif::ProgressBar,
     ) -> Result<Ingested> {
         // Both already here: just keep them under the lease. Checked and leased in one write
-        // transaction, so another process's rmi or prune cannot remove them in between.
+        // transaction, so another process's rmi or prune cannot remove them in between. A
+        // pending layer (pulled, never used) is extracted from this stream, as if new.
         if let (Some(b), Some(d)) = (&expect.blob, &expect.diff_id) {
             let found = self.index().write("reference layer", |c| {
                 match (index::blob(c, b)?, index::layer(c, d)?) {
                     (Some(brow), Some(lrow))
-                        if self.blob_path(b).exists() && self.layer_diff(d).is_dir() =>
+                        if !lrow.is_pending()
+                            && self.blob_path(b).exists()
+                            && self.layer_diff(d).is_dir() =>
                     {
                         index::lease_ref(c, lease.id(), "blob", b)?;
                         index::lease_ref(c, lease.id(), "layer", d)?;
@@ -241,7 +264,9 @@ impl Store {
         // while only the blob is ingested.
         let have_layer = match &expect.diff_id {
             Some(d) => self.index().write("reference layer", |c| {
-                if index::layer(c, d)?.is_some() && self.layer_diff(d).is_dir() {
+                if index::layer(c, d)?.is_some_and(|l| !l.is_pending())
+                    && self.layer_diff(d).is_dir()
+                {
                     index::lease_ref(c, lease.id(), "layer", d)?;
                     Ok(true)
                 } else {
@@ -354,7 +379,7 @@ impl Store {
     }
 
     /// Syncs an extracted layer in `tmp` and writes its tree index; returns its index row.
-    fn prepare_layer_dir(
+    pub(super) fn prepare_layer_dir(
         &self,
         tmp: &Path,
         diff: &Path,
@@ -375,16 +400,19 @@ impl Store {
         Ok(LayerRow {
             diff_id: diff_id.clone(),
             size,
-            content_size: tree.content_size(),
-            entries: tree.entries(),
-            tree_digest: Digest::of(&bytes),
-            xattr_ns: ns.as_str().to_string(),
+            state: LayerState::Extracted {
+                content_size: tree.content_size(),
+                entries: tree.entries(),
+                tree_digest: Digest::of(&bytes),
+                xattr_ns: ns.as_str().to_string(),
+            },
             created: now(),
         })
     }
 
-    /// Indexes a prepared layer in `tmp` and moves it to `layers/<hex>`.
-    fn commit_layer_dir(
+    /// Indexes a prepared layer in `tmp` and moves it to `layers/<hex>`; a pending row of it
+    /// becomes extracted. When another process extracted it meanwhile, theirs is kept.
+    pub(super) fn commit_layer_dir(
         &self,
         tmp: &Path,
         row: &LayerRow,
@@ -395,15 +423,12 @@ impl Store {
         let dest = self.layer_path(diff_id);
         let mut trash = Vec::new();
         self.index().write(&format!("store layer {label}"), |c| {
-            if index::layer(c, diff_id)?.is_some() && dest.is_dir() {
+            if index::layer(c, diff_id)?.is_some_and(|l| !l.is_pending()) && dest.is_dir() {
                 // Another process extracted it meanwhile: keep theirs.
                 if let Some(t) = self.to_trash(tmp)? {
                     trash.push(t);
                 }
             } else {
-                if index::layer(c, diff_id)?.is_some() {
-                    index::delete_layer(c, diff_id)?;
-                }
                 if dest.exists()
                     && let Some(t) = self.to_trash(&dest)?
                 {
@@ -411,7 +436,7 @@ impl Store {
                 }
                 fs::rename(tmp, &dest).ctx("move layer into place", &dest)?;
                 fsync_dir(dest.parent().expect("layer path has a parent"))?;
-                index::insert_layer(c, row)?;
+                index::put_extracted_layer(c, row)?;
             }
             index::lease_ref(c, lease.id(), "layer", diff_id)
         })?;
@@ -420,8 +445,8 @@ impl Store {
     }
 }
 
-/// The extracting side: sniffs the compression, decompresses, hashes and extracts (or only
-/// hashes, when `unpacker` is `None`). Returns the diff_id, the tar size and the compression.
+/// The extracting side of [`Store::ingest_layer`]: the chunks the copier sends, read as one
+/// stream by [`extract_from`].
 fn extract(
     rx: Receiver<Vec<u8>>,
     back: SyncSender<Vec<u8>>,
@@ -429,7 +454,7 @@ fn extract(
     unpacker: Option<&mut Unpacker>,
     label: &str,
 ) -> Result<(Digest, u64, Compression)> {
-    let mut input = BufReader::with_capacity(
+    let input = BufReader::with_capacity(
         CHUNK,
         ChannelReader {
             rx,
@@ -438,6 +463,18 @@ fn extract(
             pos: 0,
         },
     );
+    extract_from(input, declared, unpacker, label)
+}
+
+/// Sniffs the compression of a layer blob, decompresses, hashes and extracts it (or only
+/// hashes, when `unpacker` is `None`), reading `input` to its end. Returns the diff_id, the tar
+/// size and the compression.
+pub(super) fn extract_from(
+    mut input: impl BufRead,
+    declared: Option<Compression>,
+    unpacker: Option<&mut Unpacker>,
+    label: &str,
+) -> Result<(Digest, u64, Compression)> {
     let head = input
         .fill_buf()
         .map_err(|e| Error::BadInput(format!("layer {label}: read failed: {e}")))?;

@@ -1,10 +1,12 @@
 //! The image store: content-addressed blobs, extracted layers in kernel overlayfs format with a
 //! tree index beside each, and the SQLite index that is the truth about what the store holds.
-//! The store never mounts anything.
+//! The store never mounts anything. Pulled layers are kept as blobs and extracted on first use
+//! ([`pending`]).
 //!
 //! On disk, under the root:
 //! - `blobs/sha256/<hex>`: manifests, configs and layer blobs exactly as received;
-//! - `layers/<diff_id hex>/diff/`: an extracted layer; `layers/<hex>/tree.bin`: its tree index;
+//! - `layers/<diff_id hex>/diff/`: an extracted layer; `layers/<hex>/tree.bin`: its tree index
+//!   (a pending layer has no directory until its first use);
 //! - `index.db`: the index (SQLite, WAL);
 //! - `tmp/<lease>-…`: ingests and extractions in progress, named after the lease that owns them;
 //! - `trash/`: objects removed from the index whose files are being deleted;
@@ -23,6 +25,7 @@ pub mod images;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod pending;
 pub mod reference;
 pub mod registry;
 pub mod tree;

@@ -154,37 +154,12 @@ impl Containers {
 
     /// Mount points under the store.
     pub fn mounts(&self) -> Vec<String> {
-        let root = self.root().display().to_string();
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
-            .filter(|m| m.starts_with(&root))
-            .collect()
+        mounts_under(&self.root())
     }
 
     /// Processes whose command line names the store (monitors and FUSE servers).
     pub fn processes(&self) -> Vec<i32> {
-        let root = self.root().display().to_string();
-        let mut out = Vec::new();
-        let me = std::process::id() as i32;
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            if !zombie && String::from_utf8_lossy(&cmdline).contains(&root) {
-                out.push(pid);
-            }
-        }
-        out
+        processes_naming(&self.root())
     }
 
     /// Waits (up to 10 s) until no process names the store; returns the ones left.
@@ -200,22 +175,67 @@ impl Containers {
     }
 }
 
+/// Mount points under `root`.
+pub fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .filter(|m| m.starts_with(&root))
+        .collect()
+}
+
+/// Processes whose command line names `root` (monitors and FUSE servers of a store).
+pub fn processes_naming(root: &Path) -> Vec<i32> {
+    let root = root.display().to_string();
+    let mut out = Vec::new();
+    let me = std::process::id() as i32;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(&root) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Removes every container of the store at `root`, kills what still runs from it and
+/// unmounts what is left under it (for the guards' `Drop`, also when a test fails).
+pub fn clean_up_store(root: &Path) {
+    let mut ps = Command::new(strata_bin());
+    ps.arg("--root").arg(root).args(["ps", "-aq", "--no-trunc"]);
+    let o = output_with_timeout(ps, None, CMD_TIMEOUT);
+    for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+        let mut rm = Command::new(strata_bin());
+        rm.arg("--root").arg(root).args(["rm", "-f", id]);
+        let _ = output_with_timeout(rm, None, CMD_TIMEOUT);
+    }
+    for pid in processes_naming(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mut mounts = mounts_under(root);
+    mounts.reverse();
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 impl Drop for Containers {
     fn drop(&mut self) {
-        let o = self.run(&["ps", "-aq", "--no-trunc"]);
-        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = self.run(&["rm", "-f", id]);
-        }
-        for pid in self.processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let mut mounts = self.mounts();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
+        clean_up_store(&self.root());
     }
 }

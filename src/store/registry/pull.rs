@@ -1,11 +1,14 @@
 //! `pull`: a reference → its manifest (through an index for this platform, or `--platform`) →
-//! config → layers, downloaded a few at a time straight into the store's layer ingest (each
-//! blob hashed and checked against its digest, and extracted, in one pass), then the image is
-//! added with [`Store::add_image`] exactly as a load of an OCI layout adds one.
+//! config → layer blobs, downloaded a few at a time straight into the store (each hashed as it
+//! streams and checked against its digest before it counts), then the image is added with
+//! [`Store::record_image`]. Layers are not extracted here: each is recorded as pending with the
+//! diff_id the config names, and extracted (and its diff_id checked) on first use, by
+//! [`Store::ensure_layers`] ([`crate::store::pending`]); with [`PullOptions::extract`] the pull
+//! extracts them itself before it adds the image, as docker does.
 //!
-//! Layers the store has are not downloaded. Everything runs under one lease, so a concurrent
-//! prune cannot take what the pull has stored so far; when the pull fails, what only the lease
-//! kept is removed and the store is as before. Mirrors are tried in order and the registry
+//! Layers the store has (extracted or pending) are not downloaded. Everything runs under one
+//! lease, so a concurrent prune cannot take what the pull has stored so far; when the pull
+//! fails, what only the lease kept is removed and the store is as before. Mirrors are tried in order and the registry
 //! last; any failure of a mirror (down, no such image, bad data) moves on to the next.
 
 use std::io::{self, Read};
@@ -19,8 +22,9 @@ use crate::progress::Progress;
 use crate::store::digest::Digest;
 use crate::store::error::{Error, Result};
 use crate::store::image::{self, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-use crate::store::images::{NewImage, manifest_layers};
-use crate::store::layer::{Compression, Expect};
+use crate::store::images::StoredImage;
+use crate::store::layer::Compression;
+use crate::store::pending::LayerBlob;
 use crate::store::reference::Reference;
 use crate::store::{Lease, Store};
 
@@ -76,6 +80,9 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Layers downloaded at once.
     pub jobs: usize,
+    /// Extract every layer before the image is added (docker's behaviour), rather than on its
+    /// first use.
+    pub extract: bool,
 }
 
 impl Default for PullOptions {
@@ -83,6 +90,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: None,
             jobs: 3,
+            extract: false,
         }
     }
 }
@@ -173,13 +181,11 @@ struct Lazy<'c> {
     size: u64,
     scopes: &'c [String],
     inner: Option<BlobReader<'c>>,
-    opened: &'c AtomicBool,
 }
 
 impl Read for Lazy<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.inner.is_none() {
-            self.opened.store(true, Ordering::Relaxed);
             let r = self
                 .client
                 .blob_reader(self.repo, self.digest, Some(self.size), self.scopes)
@@ -362,24 +368,26 @@ impl Store {
             report,
         )?;
 
-        let store_for_open = self;
-        let layers = manifest_layers(&m, move |d: &Digest| {
-            let f = store_for_open.open_blob(d)?;
-            Ok(Box::new(f) as Box<dyn Read + Send>)
-        });
+        if opts.extract {
+            self.ensure_layers_leased(&cfg.diff_ids, lease)?;
+        }
+        let descs: Vec<(String, Digest, u64)> = m
+            .layers
+            .iter()
+            .map(|l| (l.media_type.clone(), l.digest.clone(), l.size))
+            .collect();
         let tags = if tagged { vec![r.clone()] } else { Vec::new() };
-        let id = self.add_image(
-            NewImage {
+        let id = self.record_image(
+            StoredImage {
                 manifest: Some((mdata, mt)),
                 docker_manifest: false,
-                config,
-                layers,
-                tags,
-                repo_digests: vec![(r.repository(), Some(top.clone()))],
-                label: r.to_string(),
+                config: &config,
+                layers: &descs,
+                tags: &tags,
+                repo_digests: &[(r.repository(), Some(top.clone()))],
+                label: &r.to_string(),
             },
             lease,
-            &Progress::hidden(),
         )?;
         let updated = match &before {
             Some(t) => t.image_id != id || t.manifest_digest.as_ref() != Some(&mdigest),
@@ -396,9 +404,10 @@ impl Store {
         })
     }
 
-    /// Downloads the layers the store lacks, `opts.jobs` at a time, each into its own
+    /// Downloads the layer blobs the store lacks, `opts.jobs` at a time, each into its own
     /// connection to the index (the store's handle is not shared across threads) under the
-    /// pull's lease. Returns how many were downloaded.
+    /// pull's lease, and records the layers the store lacks as pending. Returns how many blobs
+    /// were downloaded.
     #[allow(clippy::too_many_arguments)]
     fn pull_layers(
         &self,
@@ -416,6 +425,14 @@ impl Store {
         if n == 0 {
             return Ok(0);
         }
+        let compressions = m
+            .layers
+            .iter()
+            .map(|l| {
+                Compression::from_media_type(&l.media_type)
+                    .map_err(|e| Error::BadInput(format!("layer {}: {e}", l.digest)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let downloaded = AtomicUsize::new(0);
@@ -447,7 +464,6 @@ impl Store {
                             return;
                         }
                         let l = &m.layers[i];
-                        let opened = AtomicBool::new(false);
                         let src = Lazy {
                             client,
                             repo,
@@ -455,29 +471,27 @@ impl Store {
                             size: l.size,
                             scopes,
                             inner: None,
-                            opened: &opened,
                         };
-                        let expect = Expect {
-                            blob: Some(l.digest.clone()),
-                            size: Some(l.size),
-                            diff_id: Some(diff_ids[i].clone()),
-                            compression: Compression::from_media_type(&l.media_type).ok(),
-                            media_type: Some(l.media_type.clone()),
+                        let blob = LayerBlob {
+                            blob: &l.digest,
+                            size: l.size,
+                            media_type: &l.media_type,
+                            compression: compressions[i],
+                            diff_id: &diff_ids[i],
                         };
                         let bar = progress.bytes(l.digest.short(), Some(l.size));
-                        let res = store
-                            .ingest_layer(src, &expect, &l.digest.to_string(), &wl, &bar)
-                            .map(|_| ());
+                        let res =
+                            store.store_layer_blob(src, &blob, &l.digest.to_string(), &wl, &bar);
                         bar.finish_and_clear();
                         match &res {
-                            Ok(()) if opened.load(Ordering::Relaxed) => {
+                            Ok(true) => {
                                 downloaded.fetch_add(1, Ordering::Relaxed);
                                 report(&format!("{}: Pull complete", l.digest.short()));
                             }
-                            Ok(()) => report(&format!("{}: Already exists", l.digest.short())),
+                            Ok(false) => report(&format!("{}: Already exists", l.digest.short())),
                             Err(_) => failed.store(true, Ordering::Relaxed),
                         }
-                        results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(res);
+                        results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(res.map(drop));
                     }
                 });
             }
