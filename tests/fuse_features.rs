@@ -1281,3 +1281,54 @@ fn new_file_has_no_xattrs_like_kernel() {
         expect_both(&s, &k, &format!("{f}: size"), "200015");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Requests the kernel sends
+
+/// A large lower directory on a fresh mount, listed whole and then each entry stat'ed (as `du`
+/// and `find -size` do, through fts): every entry's attributes came with the listing
+/// (READDIRPLUS all the way), so no entry is looked up again. With FUSE_READDIRPLUS_AUTO the
+/// kernel asked for attributes in the first 32 KiB of the listing only, and each later entry
+/// cost a LOOKUP (`du` of the benchmark fixture sent 10,348).
+#[test]
+fn large_listing_with_attributes_sends_no_lookups() {
+    let Some(fx) = Fx::new() else { return };
+    let layer = fx.layer();
+    layer.dir("big", 0o755);
+    for i in 0..1000 {
+        layer.file(&format!("big/file-with-a-longish-name-{i:04}"), b"x", 0o644);
+    }
+    let side = fx.side("strata");
+    let m = StrataMount::with_log(
+        &[&fx.lower],
+        &side.upper,
+        &side.work,
+        &side.mnt,
+        "",
+        "warn,fuser::request=debug",
+    );
+    let big = side.mnt.join("big");
+    let names: Vec<PathBuf> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 1000);
+    for p in &names {
+        assert_eq!(fs::symlink_metadata(p).unwrap().len(), 1);
+    }
+    let log = m.log();
+    let lookups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" LOOKUP ") && l.contains("file-with-a-longish-name"))
+        .collect();
+    assert!(
+        log.contains("READDIRPLUS"),
+        "the listing was not logged: is the request log on?"
+    );
+    assert!(
+        lookups.is_empty(),
+        "{} entries looked up again after the listing, e.g. {:?}",
+        lookups.len(),
+        lookups.first()
+    );
+}

@@ -102,6 +102,19 @@ impl StrataMount {
         mnt: &Path,
         extra: &str,
     ) -> StrataMount {
+        StrataMount::with_log(lowers, upper, work, mnt, extra, "warn")
+    }
+
+    /// [`StrataMount::with_options`] with the server's log filter (`--log-level`, e.g.
+    /// `warn,fuser::request=debug` to log every request; read it with [`StrataMount::log`]).
+    pub fn with_log(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+        log_filter: &str,
+    ) -> StrataMount {
         let mut opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowerdir_opt(lowers),
@@ -115,7 +128,7 @@ impl StrataMount {
         let log = mnt.with_extension("strata.log");
         let logf = fs::File::create(&log).expect("create the server's log");
         let child = Command::new(strata_bin())
-            .args(["overlay", "-f", "-o", &opts])
+            .args(["--log-level", log_filter, "overlay", "-f", "-o", &opts])
             .arg(mnt)
             .env(
                 "RUST_LOG",
