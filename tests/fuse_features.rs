@@ -1332,3 +1332,39 @@ fn large_listing_with_attributes_sends_no_lookups() {
         lookups.first()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Mount life cycle
+
+/// A server whose mount was unmounted leaves alone the new mount made at the same place
+/// before it exited. fuser 0.18 unmounted the path once more when its session ended (it takes
+/// an ended connection for a live one), which took a container's root away when the container
+/// started right after its `strata mount` was unmounted (seen once in CI: pivot_root EBUSY).
+/// The first server is stopped while the mounts change hands, so that it ends last.
+#[test]
+fn an_ended_server_leaves_the_next_mount_at_its_place_alone() {
+    let Some(fx) = Fx::new() else { return };
+    fx.layer().file("f", b"first\n", 0o644);
+    let second = fx.tmp.path().join("second-lower");
+    Layer::new(&second).file("f", b"second\n", 0o644);
+    let a = fx.side("a");
+    let b = fx.side("b");
+    let mnt = fx.tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut first = StrataMount::new(&[&fx.lower], &a.upper, &a.work, &mnt);
+    assert_eq!(content(&mnt.join("f")), "first\n");
+    let pid = first.pid().to_string();
+    ok_in(fx.tmp.path(), "kill", &["-STOP", &pid]);
+    // umount(8) would stat the mount point and wait for the stopped server.
+    nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()).expect("umount2");
+    let next = StrataMount::new(&[&second], &b.upper, &b.work, &mnt);
+    assert_eq!(content(&mnt.join("f")), "second\n");
+    ok_in(fx.tmp.path(), "kill", &["-CONT", &pid]);
+    assert!(first.wait_exit(), "the first server did not exit");
+    assert_eq!(
+        content(&mnt.join("f")),
+        "second\n",
+        "the first server took the next mount away"
+    );
+    drop(next);
+}

@@ -85,7 +85,58 @@ pub fn mount(
     cfg.clone_fd = threads > 1;
     crate::sys::raise_nofile_limit();
     clear_stale(mountpoint);
-    Session::new(fs, mountpoint, &cfg)
+    if crate::sys::euid() != 0 {
+        // Only fusermount3 may mount for other users: fuser does it.
+        return Session::new(fs, mountpoint, &cfg);
+    }
+    let dev = mount_dev_fuse(mountpoint, opts, writable)?;
+    Session::from_fd(fs, dev, cfg.acl, cfg)
+}
+
+/// Mounts a new FUSE connection at `mountpoint` (as root) and returns its `/dev/fuse`
+/// descriptor. fuser's own mount is not used as root: when its session ends it unmounts
+/// `mountpoint` by path once more (0.18 takes an ended connection for a live one), and by
+/// then a new mount may be there — a container started right after its `strata mount` was
+/// unmounted lost its root that way. A session on our descriptor unmounts nothing: a strata
+/// mount ends only when it is unmounted (`strata umount`, `umount`, a stopping container).
+fn mount_dev_fuse(
+    mountpoint: &Path,
+    opts: &MountOptions,
+    writable: bool,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    use nix::mount::{MsFlags, mount};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let dev = open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    let data = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id=0,default_permissions,allow_other",
+        dev.as_raw_fd()
+    );
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if opts.dev_suid {
+        flags.remove(MsFlags::MS_NOSUID);
+        if !opts.nodev {
+            flags.remove(MsFlags::MS_NODEV);
+        }
+    }
+    if !writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    // Type "fuse", as fuser mounted it: with "fuse.strata", mount(8) would hand a
+    // `mount -o remount,ro` to a mount.fuse helper, which runs `strata SOURCE ...`.
+    mount(
+        Some(opts.fsname.as_str()),
+        mountpoint,
+        Some("fuse"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(dev)
 }
 
 /// A mount whose server died (kill -9) answers ENOTCONN to everything: detach it, so that a

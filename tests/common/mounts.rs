@@ -182,6 +182,27 @@ impl StrataMount {
     /// Unmounts now (the same as dropping the guard).
     pub fn unmount(self) {}
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("server running")
+    }
+
+    /// Waits up to 10 s for the server to exit by itself; whether it did.
+    pub fn wait_exit(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// Kills the server with SIGKILL and reaps it, leaving its mount stale.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
