@@ -349,6 +349,16 @@ fn pulls_single_and_multi_platform_images_skopeo_pushed() {
         // The index digest names the image too.
         let by_index = e.inspect(&format!("{h}/busybox@{index}"));
         assert_eq!(by_index["Id"], amd_config.as_str());
+        // And `images --digests` lists it for the tag (a row per digest of the repository, as
+        // docker; it showed only the platform manifest's).
+        let images = e.ok(&["images", "--digests", "--no-trunc"]);
+        assert!(
+            images.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1] == tag && f[2] == index
+            }),
+            "{tag} {index}:\n{images}"
+        );
     }
     assert_eq!(
         digests()["layouts"]["oci"]["busybox-multi"]["index"],

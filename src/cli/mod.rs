@@ -600,22 +600,19 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
             .then(y.added.cmp(&x.added))
     });
     let tags = s.index().tags()?;
+    // As docker: with digests asked for (`--digests`, or a format that shows them), one row per
+    // tag and digest of its repository (the image's RepoDigests), else one row per tag.
+    let show_digests = a.digests || a.format.as_deref().is_some_and(|f| f.contains(".Digest"));
     let mut rows: Vec<Row> = Vec::new();
     for img in &imgs {
         let mine: Vec<_> = tags.iter().filter(|t| t.image_id == img.id).collect();
         let created = created_unix(&img.created);
-        let mut names: Vec<(String, String, Option<Digest>)> = mine
+        let mut names: Vec<(String, String)> = mine
             .iter()
-            .map(|t| {
-                (
-                    familiar(&t.repository).to_string(),
-                    t.tag.clone(),
-                    t.manifest_digest.clone(),
-                )
-            })
+            .map(|t| (familiar(&t.repository).to_string(), t.tag.clone()))
             .collect();
         if let Some(f) = &filter {
-            names.retain(|(r, t, _)| {
+            names.retain(|(r, t)| {
                 familiar(&f.repository()) == r && f.tag.as_ref().is_none_or(|ft| ft == t)
             });
             if names.is_empty() {
@@ -623,9 +620,29 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
             }
         }
         if names.is_empty() {
-            names.push(("<none>".into(), "<none>".into(), None));
+            names.push(("<none>".into(), "<none>".into()));
         }
-        for (repo, tag, digest) in names {
+        let repo_digests = if show_digests {
+            repo_digests_of(s, &img.id, &mine)?
+        } else {
+            Vec::new()
+        };
+        let mut named: Vec<(String, String, Option<String>)> = Vec::new();
+        for (repo, tag) in names {
+            let digests: Vec<&String> = repo_digests
+                .iter()
+                .filter_map(|rd| rd.strip_prefix(&format!("{repo}@")).map(|_| rd))
+                .collect();
+            if digests.is_empty() {
+                named.push((repo, tag, None));
+                continue;
+            }
+            for rd in digests {
+                let d = rd[repo.len() + 1..].to_string();
+                named.push((repo.clone(), tag.clone(), Some(d)));
+            }
+        }
+        for (repo, tag, digest) in named {
             let id = if a.no_trunc {
                 img.id.to_string()
             } else {
@@ -635,14 +652,7 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
                 ("Containers", json!("N/A")),
                 ("CreatedAt", json!(go_time(created))),
                 ("CreatedSince", json!(ago(created))),
-                (
-                    "Digest",
-                    json!(
-                        digest
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| "<none>".into())
-                    ),
-                ),
+                ("Digest", json!(digest.unwrap_or_else(|| "<none>".into()))),
                 ("ID", json!(id)),
                 ("Repository", json!(repo)),
                 ("SharedSize", json!("N/A")),
@@ -696,6 +706,29 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// An image's RepoDigests (`repository@digest`, familiar names, sorted): the manifest each of
+/// its tags was stored with, and the digests it was pulled or pushed by.
+fn repo_digests_of(
+    s: &Store,
+    id: &Digest,
+    tags: &[&crate::store::index::TagRow],
+) -> Result<Vec<String>, Failure> {
+    let mut out: Vec<String> = tags
+        .iter()
+        .filter_map(|t| {
+            t.manifest_digest
+                .as_ref()
+                .map(|d| format!("{}@{d}", familiar(&t.repository)))
+        })
+        .collect();
+    for (repo, d) in s.index().repo_digests_of(id)? {
+        out.push(format!("{}@{d}", familiar(&repo)));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// The inspect document of one image, as `docker image inspect` prints it.
 fn inspect_doc(s: &Store, name: &str) -> Result<Value, Failure> {
     // A container first, then an image, as docker looks them up.
@@ -714,17 +747,7 @@ fn inspect_doc(s: &Store, name: &str) -> Result<Value, Failure> {
         .iter()
         .map(|t| format!("{}:{}", familiar(&t.repository), t.tag))
         .collect();
-    let mut repo_digests: Vec<String> = Vec::new();
-    for t in &tags {
-        if let Some(d) = &t.manifest_digest {
-            repo_digests.push(format!("{}@{d}", familiar(&t.repository)));
-        }
-    }
-    for (repo, d) in s.index().repo_digests_of(&r.id)? {
-        repo_digests.push(format!("{}@{d}", familiar(&repo)));
-    }
-    repo_digests.sort();
-    repo_digests.dedup();
+    let repo_digests = repo_digests_of(s, &r.id, &tags.iter().collect::<Vec<_>>())?;
     let layers = s.index().image_layers(&r.id)?;
     let lower: Vec<String> = layers
         .iter()
