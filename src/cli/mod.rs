@@ -600,19 +600,24 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
             .then(y.added.cmp(&x.added))
     });
     let tags = s.index().tags()?;
-    // As docker: with digests asked for (`--digests`, or a format that shows them), one row per
-    // tag and digest of its repository (the image's RepoDigests), else one row per tag.
-    let show_digests = a.digests || a.format.as_deref().is_some_and(|f| f.contains(".Digest"));
+    // With `--digests`, as docker: one row per tag and digest of its repository (the image's
+    // RepoDigests); else one row per tag, its Digest the manifest the tag was stored with.
     let mut rows: Vec<Row> = Vec::new();
     for img in &imgs {
         let mine: Vec<_> = tags.iter().filter(|t| t.image_id == img.id).collect();
         let created = created_unix(&img.created);
-        let mut names: Vec<(String, String)> = mine
+        let mut names: Vec<(String, String, Option<String>)> = mine
             .iter()
-            .map(|t| (familiar(&t.repository).to_string(), t.tag.clone()))
+            .map(|t| {
+                (
+                    familiar(&t.repository).to_string(),
+                    t.tag.clone(),
+                    t.manifest_digest.as_ref().map(|d| d.to_string()),
+                )
+            })
             .collect();
         if let Some(f) = &filter {
-            names.retain(|(r, t)| {
+            names.retain(|(r, t, _)| {
                 familiar(&f.repository()) == r && f.tag.as_ref().is_none_or(|ft| ft == t)
             });
             if names.is_empty() {
@@ -620,28 +625,29 @@ fn images(s: &Store, a: &ImagesArgs) -> Result<(), Failure> {
             }
         }
         if names.is_empty() {
-            names.push(("<none>".into(), "<none>".into()));
+            names.push(("<none>".into(), "<none>".into(), None));
         }
-        let repo_digests = if show_digests {
-            repo_digests_of(s, &img.id, &mine)?
+        let named = if a.digests {
+            let repo_digests = repo_digests_of(s, &img.id, &mine)?;
+            let mut named = Vec::new();
+            for (repo, tag, digest) in names {
+                let prefix = format!("{repo}@");
+                let of_repo: Vec<String> = repo_digests
+                    .iter()
+                    .filter_map(|rd| rd.strip_prefix(&prefix).map(str::to_string))
+                    .collect();
+                if of_repo.is_empty() {
+                    named.push((repo, tag, digest));
+                    continue;
+                }
+                for d in of_repo {
+                    named.push((repo.clone(), tag.clone(), Some(d)));
+                }
+            }
+            named
         } else {
-            Vec::new()
+            names
         };
-        let mut named: Vec<(String, String, Option<String>)> = Vec::new();
-        for (repo, tag) in names {
-            let digests: Vec<&String> = repo_digests
-                .iter()
-                .filter_map(|rd| rd.strip_prefix(&format!("{repo}@")).map(|_| rd))
-                .collect();
-            if digests.is_empty() {
-                named.push((repo, tag, None));
-                continue;
-            }
-            for rd in digests {
-                let d = rd[repo.len() + 1..].to_string();
-                named.push((repo.clone(), tag.clone(), Some(d)));
-            }
-        }
         for (repo, tag, digest) in named {
             let id = if a.no_trunc {
                 img.id.to_string()
