@@ -173,6 +173,24 @@ impl Env {
             .args(args);
         c
     }
+
+    /// Runs the commands `runs` all at once and asserts that each succeeds.
+    fn all_at_once(&self, runs: &[Vec<&str>]) {
+        let children: Vec<_> = runs
+            .iter()
+            .map(|args| {
+                self.cmd(args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    }
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run strata")
     }
@@ -820,19 +838,7 @@ fn four_pulls_at_once_store_each_blob_once() {
     skopeo_push(&oci("oci", "busybox"), &reg, "busybox:1.35", &[]);
     let e = Env::new();
     let name = format!("{}/busybox:1.35", reg.host());
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            e.cmd(&["pull", "-q", &name])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    e.all_at_once(&vec![vec!["pull", "-q", &name]; 4]);
     let want: BTreeSet<String> = [
         format!(
             "blobs/sha256/{}",
@@ -966,20 +972,11 @@ fn a_pulled_image_is_extracted_on_first_use() {
     let dirs: Vec<PathBuf> = (0..2)
         .map(|i| e3.st.dir.path().join(format!("mnt{i}")))
         .collect();
-    let children: Vec<_> = dirs
+    let runs: Vec<Vec<&str>> = dirs
         .iter()
-        .map(|d| {
-            e3.cmd(&["mount", &name, d.to_str().unwrap()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|d| vec!["mount", &name, d.to_str().unwrap()])
         .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    e3.all_at_once(&runs);
     for d in &dirs {
         assert!(fs::read_to_string(d.join("etc/motd")).is_ok());
         e3.ok(&["umount", d.to_str().unwrap()]);

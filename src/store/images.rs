@@ -87,17 +87,7 @@ impl Store {
         let config = image::parse_config(&img.config, &what)?;
         let config_digest = Digest::of(&img.config);
         let manifest: Option<Manifest> = match &img.manifest {
-            Some((bytes, _)) => {
-                let m = image::parse_manifest(bytes, &what)?;
-                if m.config.digest != config_digest {
-                    return Err(Error::DigestMismatch {
-                        what: format!("{what}: config"),
-                        expected: m.config.digest.to_string(),
-                        actual: config_digest.to_string(),
-                    });
-                }
-                Some(m)
-            }
+            Some((bytes, _)) => Some(manifest_of_config(bytes, &what, &config_digest)?),
             None => None,
         };
         let n = img.layers.len();
@@ -160,17 +150,7 @@ impl Store {
             )));
         }
         let manifest = match &img.manifest {
-            Some((bytes, _)) => {
-                let m = image::parse_manifest(bytes, what)?;
-                if m.config.digest != config_digest {
-                    return Err(Error::DigestMismatch {
-                        what: format!("{what}: config"),
-                        expected: m.config.digest.to_string(),
-                        actual: config_digest.to_string(),
-                    });
-                }
-                Some(m)
-            }
+            Some((bytes, _)) => Some(manifest_of_config(bytes, what, &config_digest)?),
             None => None,
         };
         let config_mt = match (manifest, img.docker_manifest) {
@@ -457,4 +437,17 @@ fn short_label(l: &str) -> String {
             s.chars().rev().collect()
         }
     }
+}
+
+/// Parses manifest `bytes` and checks that it names the config whose digest is `config`.
+fn manifest_of_config(bytes: &[u8], what: &str, config: &Digest) -> Result<Manifest> {
+    let m = image::parse_manifest(bytes, what)?;
+    if m.config.digest != *config {
+        return Err(Error::DigestMismatch {
+            what: format!("{what}: config"),
+            expected: m.config.digest.to_string(),
+            actual: config.to_string(),
+        });
+    }
+    Ok(m)
 }

@@ -342,6 +342,27 @@ mod tests {
         (blob, diff_id)
     }
 
+    /// Stores `blob` as the pending layer `diff_id` (compressed with `c`); its digest.
+    fn store_pending(
+        s: &Store,
+        blob: &[u8],
+        diff_id: &Digest,
+        c: Compression,
+        lease: &Lease<'_>,
+    ) -> Digest {
+        let blob_digest = Digest::of(blob);
+        let l = LayerBlob {
+            blob: &blob_digest,
+            size: blob.len() as u64,
+            media_type: c.oci_media_type(),
+            compression: c,
+            diff_id,
+        };
+        s.store_layer_blob(blob, &l, "test", lease, &indicatif::ProgressBar::hidden())
+            .unwrap();
+        blob_digest
+    }
+
     fn names(p: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(p)
             .unwrap()
@@ -406,16 +427,7 @@ mod tests {
         // A zstd stream's frame header has no content size: the blob's size is the estimate.
         let (tar, diff_id) = layer(&[("big", &big)], Compression::None);
         let blob = zstd::encode_all(&tar[..], 1).unwrap();
-        let blob_digest = Digest::of(&blob);
-        let l = LayerBlob {
-            blob: &blob_digest,
-            size: blob.len() as u64,
-            media_type: Compression::Zstd.oci_media_type(),
-            compression: Compression::Zstd,
-            diff_id: &diff_id,
-        };
-        s.store_layer_blob(&blob[..], &l, "test", &lease, &bar)
-            .unwrap();
+        store_pending(&s, &blob, &diff_id, Compression::Zstd, &lease);
         assert_eq!(
             s.index().layer(&diff_id).unwrap().unwrap().size,
             blob.len() as u64
@@ -423,17 +435,8 @@ mod tests {
 
         // A config that lies about the diff_id.
         let (blob, real) = layer(&[("etc/lie", b"x")], Compression::Gzip);
-        let blob_digest = Digest::of(&blob);
         let claimed = Digest::of(b"not this layer");
-        let l = LayerBlob {
-            blob: &blob_digest,
-            size: blob.len() as u64,
-            media_type: Compression::Gzip.oci_media_type(),
-            compression: Compression::Gzip,
-            diff_id: &claimed,
-        };
-        s.store_layer_blob(&blob[..], &l, "test", &lease, &bar)
-            .unwrap();
+        let blob_digest = store_pending(&s, &blob, &claimed, Compression::Gzip, &lease);
         let before = names(&s.root().join("layers"));
         let e = s
             .ensure_layers(std::slice::from_ref(&claimed))
@@ -462,22 +465,7 @@ mod tests {
         let s = Store::open(&dir.path().join("store")).unwrap();
         let lease = s.lease().unwrap();
         let (blob, diff_id) = layer(&[("etc/name", b"real")], Compression::Gzip);
-        let blob_digest = Digest::of(&blob);
-        let l = LayerBlob {
-            blob: &blob_digest,
-            size: blob.len() as u64,
-            media_type: Compression::Gzip.oci_media_type(),
-            compression: Compression::Gzip,
-            diff_id: &diff_id,
-        };
-        s.store_layer_blob(
-            &blob[..],
-            &l,
-            "test",
-            &lease,
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
+        store_pending(&s, &blob, &diff_id, Compression::Gzip, &lease);
         let leftover = || {
             fs::create_dir_all(s.layer_diff(&diff_id).join("etc")).unwrap();
             fs::write(s.layer_diff(&diff_id).join("etc/name"), "half").unwrap();
@@ -517,24 +505,9 @@ mod tests {
             .map(|(p, c)| (p.as_str(), c.as_slice()))
             .collect();
         let (blob, diff_id) = layer(&refs, Compression::Gzip);
-        let blob_digest = Digest::of(&blob);
         let s = Store::open(&root).unwrap();
         let lease = s.lease().unwrap(); // keeps the rows until the end
-        let l = LayerBlob {
-            blob: &blob_digest,
-            size: blob.len() as u64,
-            media_type: Compression::Gzip.oci_media_type(),
-            compression: Compression::Gzip,
-            diff_id: &diff_id,
-        };
-        s.store_layer_blob(
-            &blob[..],
-            &l,
-            "test",
-            &lease,
-            &indicatif::ProgressBar::hidden(),
-        )
-        .unwrap();
+        store_pending(&s, &blob, &diff_id, Compression::Gzip, &lease);
         let barrier = std::sync::Barrier::new(2);
         std::thread::scope(|sc| {
             for _ in 0..2 {
