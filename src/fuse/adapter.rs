@@ -238,7 +238,7 @@ impl Inner {
         }
         let st = nix::sys::stat::fstat(fd.as_fd()).ok()?;
         let real = (st.st_dev, st.st_ino);
-        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.backing);
         if let Some((weak, was)) = map.get(&ino)
             && let Some(b) = weak.upgrade()
         {
