@@ -174,6 +174,15 @@ impl Env {
         c
     }
 
+    /// Loads the busybox docker-archive of the shared fixtures (`busybox:1.35`).
+    fn load_busybox(&self) {
+        self.ok(&[
+            "load",
+            "-i",
+            busybox_images().join("busybox.tar").to_str().unwrap(),
+        ]);
+    }
+
     /// Runs the commands `runs` all at once and asserts that each succeeds.
     fn all_at_once(&self, runs: &[Vec<&str>]) {
         let children: Vec<_> = runs
@@ -535,11 +544,7 @@ fn pushes_imported_images_that_skopeo_reads_back_and_a_second_push_uploads_nothi
     );
 
     // A loaded docker-archive (uncompressed layer): the digests skopeo recorded.
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     e.ok(&["push", "busybox:1.35", &format!("{h}/loaded/busybox:1.35")]);
     let sk = skopeo_inspect(&reg, "loaded/busybox:1.35", &[]);
     assert_eq!(
@@ -576,11 +581,7 @@ fn large_blobs_go_in_chunks() {
     let reg = Registry::start(None);
     let h = reg.host();
     let e = Env::new();
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     // The layer is 2,136,576 bytes: 9 chunks of 256 KiB.
     let o = e
         .cmd(&["push", "busybox:1.35", &format!("{h}/chunked/busybox:1")])
@@ -627,11 +628,7 @@ fn htpasswd_registry_accepts_login_then_push_and_pull_and_refuses_wrong_credenti
     let reg = Registry::start(Some(&ht));
     let h = reg.host();
     let e = Env::new();
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     let dest = format!("{h}/private/busybox:1");
 
     // Without credentials: refused, and told to log in.
@@ -815,11 +812,7 @@ fn a_blob_corrupted_in_the_registry_fails_the_pull_naming_it_and_leaves_the_stor
 
     let e = Env::new();
     // Something already in the store, which must stay as it is.
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     let before = e.contents();
     let err = e.fails(&["pull", &format!("{}/busybox:1.35", reg.host())]);
     assert!(
@@ -1370,11 +1363,7 @@ fn bearer_token_flow_with_credentials_and_redirected_blobs() {
 /// A pull from a fake registry that must fail, leaving the store as it was.
 fn pull_fails(fake: &Fake, want: &[&str]) -> String {
     let e = Env::new();
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     let before = e.contents();
     let err = e.fails(&["pull", &format!("{}/hostile/busybox:1", fake.host())]);
     for w in want {
@@ -1560,11 +1549,7 @@ fn a_config_that_lies_about_a_diff_id_fails_at_first_use_and_leaves_nothing() {
     let blob = liar.layer_digest.clone();
     let fake = serving(liar);
     let e = Env::new();
-    e.ok(&[
-        "load",
-        "-i",
-        busybox_images().join("busybox.tar").to_str().unwrap(),
-    ]);
+    e.load_busybox();
     let before = e.contents();
     let name = format!("{}/liar/busybox:1", fake.host());
     e.ok(&["pull", "-q", &name]);
