@@ -1129,25 +1129,16 @@ mod tests {
         use crate::progress::Progress;
         use crate::store::Store;
         use crate::store::import::ImportOptions;
-        use std::io::Write;
 
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
         let tarball = |name: &str, content: &[u8]| {
-            let mut b = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_gnu();
-            h.set_size(content.len() as u64);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(1_700_000_000);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, "etc/greeting", content).unwrap();
-            let tar = b.into_inner().unwrap();
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&tar).unwrap();
+            let (gz, _) = crate::store::pending::tests::layer(
+                &[("etc/greeting", content)],
+                crate::store::layer::Compression::Gzip,
+            );
             let p = dir.path().join(name);
-            std::fs::write(&p, gz.finish().unwrap()).unwrap();
+            std::fs::write(&p, gz).unwrap();
             p.to_str().unwrap().to_string()
         };
         let import = |s: &Store, name: &str, content: &[u8], tag: &str| {

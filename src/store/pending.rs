@@ -310,12 +310,13 @@ fn missing_layer(d: &Digest) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
 
-    /// A gzip or zstd layer of `files` (path, content).
-    fn layer(files: &[(&str, &[u8])], c: Compression) -> (Vec<u8>, Digest) {
+    /// A gzip or zstd layer of `files` (path, content), and its diff_id (also used by the
+    /// index's tests).
+    pub(in crate::store) fn layer(files: &[(&str, &[u8])], c: Compression) -> (Vec<u8>, Digest) {
         let mut b = tar::Builder::new(Vec::new());
         for (path, content) in files {
             let mut h = tar::Header::new_gnu();
