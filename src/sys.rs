@@ -375,6 +375,73 @@ pub fn set_fsxattr(fd: impl AsFd, value: &[u8; FSXATTR_SIZE]) -> nix::Result<()>
     Errno::result(r).map(drop)
 }
 
+// ---- FUSE passthrough
+
+/// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)` (16 bytes).
+const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// Registers the open file `fd` as a passthrough backing file of the FUSE connection `dev`
+/// and returns its backing id.
+pub fn fuse_backing_open(dev: impl AsFd, fd: impl AsFd) -> nix::Result<u32> {
+    // struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; }
+    let mut map = [0u8; 16];
+    map[..4].copy_from_slice(&fd.as_fd().as_raw_fd().to_ne_bytes());
+    // SAFETY: the ioctl reads a struct fuse_backing_map (16 bytes) from the buffer, which is
+    // valid for the call.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_fd().as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_OPEN,
+            map.as_ptr(),
+        )
+    };
+    Errno::result(r).map(|id| id as u32)
+}
+
+/// Drops backing id `id` of the FUSE connection `dev`.
+pub fn fuse_backing_close(dev: impl AsFd, id: u32) -> nix::Result<()> {
+    // SAFETY: the ioctl reads one u32 from the pointer, which is valid for the call.
+    let r = unsafe { libc::ioctl(dev.as_fd().as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &id) };
+    Errno::result(r).map(drop)
+}
+
+/// Answers an open through fuser with passthrough to backing id `id` (which stays ours).
+pub fn fuser_opened_passthrough(
+    reply: fuser::ReplyOpen,
+    fh: u64,
+    flags: fuser::FopenFlags,
+    id: u32,
+) {
+    // SAFETY: `id` is a live backing id of this connection; the fuser handle made of it is
+    // turned back into the raw id right after the reply, so fuser never closes it.
+    let b = unsafe { reply.wrap_backing(id) };
+    reply.opened_passthrough(fuser::FileHandle(fh), flags, &b);
+    let _ = b.into_raw();
+}
+
+/// Answers a create through fuser with passthrough to backing id `id` (which stays ours).
+pub fn fuser_created_passthrough(
+    reply: fuser::ReplyCreate,
+    entry: (&std::time::Duration, &fuser::FileAttr),
+    fh: u64,
+    flags: fuser::FopenFlags,
+    id: u32,
+) {
+    // SAFETY: as in `fuser_opened_passthrough`.
+    let b = unsafe { reply.wrap_backing(id) };
+    reply.created_passthrough(
+        entry.0,
+        entry.1,
+        fuser::Generation(0),
+        fuser::FileHandle(fh),
+        flags,
+        &b,
+    );
+    let _ = b.into_raw();
+}
+
 // ---- processes and namespaces (the runner's)
 
 /// Runs `f` in a new child process made by `clone(2)` with `flags` (namespace flags such as

@@ -1,8 +1,9 @@
 //! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
-//! (`adapter`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
+//! (`adapter`, fed by fuser's `/dev/fuse` loop in `dev_fuse`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
 //! passthrough when the process holds CAP_SYS_ADMIN).
 
 pub mod adapter;
+pub mod dev_fuse;
 pub mod options;
 pub mod pool;
 pub mod setid;
@@ -14,6 +15,10 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::cow::{Union, UnionSpec};
 pub use adapter::FuseFs;
+
+/// The largest write the kernel sends the server in one request (1 MiB: its page limit for
+/// one request anyway).
+pub const MAX_WRITE: usize = 1 << 20;
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -90,6 +95,7 @@ pub fn mount(
         return Session::new(fs, mountpoint, &cfg);
     }
     let dev = mount_dev_fuse(mountpoint, opts, writable)?;
+    fs.set_dev(dev.try_clone()?);
     Session::from_fd(fs, dev, cfg.acl, cfg)
 }
 
