@@ -1,11 +1,13 @@
 //! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
 //! (`adapter`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
-//! passthrough when the process holds CAP_SYS_ADMIN).
+//! passthrough when the process holds CAP_SYS_ADMIN). `wire`: our own codec of the FUSE wire
+//! ABI, for transports other than fuser's `/dev/fuse` loop.
 
 pub mod adapter;
 pub mod options;
 pub mod pool;
 pub mod setid;
+pub mod wire;
 
 use std::path::Path;
 use std::sync::Arc;
