@@ -1,12 +1,16 @@
 //! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
-//! (`adapter`, fed by fuser's `/dev/fuse` loop in `dev_fuse`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
-//! passthrough when the process holds CAP_SYS_ADMIN).
+//! The FUSE server: the FUSE operations of a [`crate::cow::Union`] (`adapter`), the two
+//! transports that bring them requests — fuser's `/dev/fuse` loop (`dev_fuse`) and FUSE over
+//! io_uring (`ring`, `ring_dispatch`, with our own codec of the wire ABI in `wire`) — and the
+//! mounting of it (several request threads, one `/dev/fuse` clone each; passthrough when the
+//! process holds CAP_SYS_ADMIN).
 
 pub mod adapter;
 pub mod dev_fuse;
 pub mod options;
 pub mod pool;
 pub mod setid;
+pub mod wire;
 
 use std::path::Path;
 use std::sync::Arc;
