@@ -1,4 +1,3 @@
-//! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
 //! The FUSE server: the FUSE operations of a [`crate::cow::Union`] (`adapter`), the two
 //! transports that bring them requests — fuser's `/dev/fuse` loop (`dev_fuse`) and FUSE over
 //! io_uring (`ring`, `ring_dispatch`, with our own codec of the wire ABI in `wire`) — and the
