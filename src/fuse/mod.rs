@@ -1,10 +1,14 @@
 //! The FUSE server: a thin adapter from `fuser` requests to [`crate::cow::Union`] operations
 //! (`adapter`), and the mounting of it (several request threads, one `/dev/fuse` clone each;
-//! passthrough when the process holds CAP_SYS_ADMIN).
+//! passthrough when the process holds CAP_SYS_ADMIN). [`ring`] is a second transport next to
+//! fuser's `/dev/fuse` loop: FUSE over io_uring, one request queue per CPU (its unsafe half in
+//! `ring_sys`).
 
 pub mod adapter;
 pub mod options;
 pub mod pool;
+pub mod ring;
+mod ring_sys;
 pub mod setid;
 
 use std::path::Path;
