@@ -8,7 +8,8 @@
 //! - [`cli`]: the `strata` command line and its docker-like output.
 //! - [`runner`]: containers: `run` and the life cycle on the union mount.
 //! - [`progress`]: progress bars on a terminal, silence otherwise.
-//! - [`sys`]: the few raw system calls `nix` does not wrap (the only `unsafe` code).
+//! - [`sys`]: the few raw system calls `nix` does not wrap (with `fuse::ring_sys`, the io_uring
+//!   transport's buffers and submissions, the only `unsafe` code).
 
 pub mod cli;
 pub mod cow;

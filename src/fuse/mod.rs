@@ -1,6 +1,7 @@
 //! The FUSE server: the FUSE operations of a [`crate::cow::Union`] (`adapter`), the two
 //! transports that bring them requests — fuser's `/dev/fuse` loop (`dev_fuse`) and FUSE over
-//! io_uring (`ring`, `ring_dispatch`, with our own codec of the wire ABI in `wire`) — and the
+//! io_uring (`ring`, its unsafe half in `ring_sys`, and `ring_dispatch`, with our own codec of the wire
+//! ABI in `wire`) — and the
 //! mounting of it (several request threads, one `/dev/fuse` clone each; passthrough when the
 //! process holds CAP_SYS_ADMIN).
 
@@ -8,6 +9,8 @@ pub mod adapter;
 pub mod dev_fuse;
 pub mod options;
 pub mod pool;
+pub mod ring;
+mod ring_sys;
 pub mod setid;
 pub mod wire;
 
