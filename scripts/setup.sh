@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/setup.sh — the README's first command, on a fresh Debian 12 machine, as root:
-#   1. installs the Debian packages (scripts/install-deps.sh) and checks for cargo;
+#   1. installs the Debian packages (scripts/install-deps.sh) and checks for cargo; turns on
+#      the kernel's FUSE over io_uring where it has it (scripts/enable-io-uring.sh);
 #   2. builds strata (cargo build --release --locked) and installs it as /usr/local/bin/strata;
 #   3. builds the default busybox image locally (scripts/default-image.sh, no registry) and
 #      imports it as busybox:latest unless the store already has that tag;
@@ -18,6 +19,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "install dependencies"
 bash scripts/install-deps.sh
+bash scripts/enable-io-uring.sh
 
 step "build strata (release)"
 if [ -f Cargo.lock ]; then

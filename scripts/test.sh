@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the README's second command: the whole test suite, as root.
-#   1. Debian packages (scripts/install-deps.sh);
+#   1. Debian packages (scripts/install-deps.sh); FUSE over io_uring on (scripts/enable-io-uring.sh:
+#      the FUSE tests then run over the ring; tests/fuse_features.rs also covers /dev/fuse);
 #   2. the shared busybox test images (make-busybox-images.sh, built once, reused after);
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test (release).
 # Exits non-zero at the first failing step.
@@ -38,6 +39,7 @@ step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - START))" "$*"; }
 
 step "install dependencies"
 bash scripts/install-deps.sh
+bash scripts/enable-io-uring.sh
 
 step "busybox test images -> $FIXDIR"
 bash "$STRATA_FIXTURES/make-busybox-images.sh" "$FIXDIR"

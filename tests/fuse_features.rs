@@ -28,7 +28,10 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::mounts::{KernelOverlay, Layer, StrataMount, have_fuse, have_kernel_overlay};
+use common::mounts::{
+    KernelOverlay, Layer, StrataMount, URING_PARAM, UringParam, have_fuse, have_kernel_overlay,
+    lgetxattr, llistxattr, lsetxattr,
+};
 
 /// The unprivileged user of the permission scenarios (no entry in /etc/passwd needed).
 const USER: u32 = 1234;
@@ -1305,7 +1308,7 @@ fn large_listing_with_attributes_sends_no_lookups() {
         &side.work,
         &side.mnt,
         "",
-        "warn,fuser::request=debug",
+        "warn,fuser::request=debug,strata::request=debug",
     );
     let big = side.mnt.join("big");
     let names: Vec<PathBuf> = fs::read_dir(&big)
@@ -1367,4 +1370,153 @@ fn an_ended_server_leaves_the_next_mount_at_its_place_alone() {
         "the first server took the next mount away"
     );
     drop(next);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Transports
+
+/// Runs the same small workload on `mnt`: reads, writes (large ones too), creates, renames,
+/// links, xattrs, a listing longer than one reply, statfs; returns nothing, asserts all.
+fn transport_workload(mnt: &Path) {
+    assert_eq!(
+        content(&mnt.join("dir/lower.txt")),
+        "from the lower layer\n"
+    );
+    // A write larger than one request, read back.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(mnt.join("big"), &big).unwrap();
+    assert!(
+        fs::read(mnt.join("big")).unwrap() == big,
+        "big file differs"
+    );
+    // Copy-up of the lower file by an append.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("dir/lower.txt"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(
+        content(&mnt.join("dir/lower.txt")),
+        "from the lower layer\nappended\n"
+    );
+    fs::create_dir(mnt.join("new")).unwrap();
+    for i in 0..300 {
+        fs::write(mnt.join(format!("new/entry-with-a-long-name-{i:03}")), b"e").unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(mnt.join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 300);
+    assert_eq!(names[299], "entry-with-a-long-name-299");
+    fs::rename(
+        mnt.join("new/entry-with-a-long-name-000"),
+        mnt.join("moved"),
+    )
+    .unwrap();
+    fs::hard_link(mnt.join("moved"), mnt.join("linked")).unwrap();
+    assert_eq!(fs::metadata(mnt.join("linked")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("moved", mnt.join("sym")).unwrap();
+    assert_eq!(fs::read_link(mnt.join("sym")).unwrap(), Path::new("moved"));
+    fs::remove_file(mnt.join("linked")).unwrap();
+    fs::remove_file(mnt.join("dir/gone.txt")).unwrap();
+    assert!(!mnt.join("dir/gone.txt").exists());
+    fs::set_permissions(mnt.join("moved"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(mnt.join("moved")).unwrap().mode() & 0o777,
+        0o600
+    );
+    lsetxattr(&mnt.join("moved"), "user.k", b"v").unwrap();
+    assert_eq!(
+        lgetxattr(&mnt.join("moved"), "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert!(
+        llistxattr(&mnt.join("moved"))
+            .unwrap()
+            .contains(&"user.k".to_string())
+    );
+    for _ in 0..300 {
+        assert_eq!(lgetxattr(&mnt.join("big"), "user.missing").unwrap(), None);
+    }
+    let st = nix::sys::statvfs::statvfs(mnt).unwrap();
+    assert!(st.blocks() > 0);
+    fs::remove_dir_all(mnt.join("new")).unwrap();
+}
+
+/// With the kernel's `enable_uring` on, strata (as root) takes every request but INIT, FORGET
+/// and INTERRUPT over io_uring, one queue per CPU; with `STRATA_NO_IO_URING` it keeps to
+/// `/dev/fuse`. Both serve the same union, with file data by passthrough or through the
+/// server. The request logs tell which way the requests came.
+#[test]
+fn requests_take_io_uring_when_the_kernel_offers_it() {
+    let Some(fx) = Fx::new() else { return };
+    if !Path::new(URING_PARAM).exists() {
+        eprintln!("skipped: no {URING_PARAM} (kernel without FUSE over io_uring)");
+        return;
+    }
+    let _on = UringParam::set(true);
+    let layer = fx.layer();
+    layer.dir("dir", 0o755);
+    layer.file("dir/lower.txt", b"from the lower layer\n", 0o644);
+    layer.file("dir/gone.txt", b"x", 0o644);
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Env, bool); 3] = [
+        ("ring", &[], true),
+        ("ring-userspace-io", &[("STRATA_NO_PASSTHROUGH", "1")], true),
+        ("dev-fuse", &[("STRATA_NO_IO_URING", "1")], false),
+    ];
+    for (name, env, ring) in cases {
+        let side = fx.side(name);
+        let m = StrataMount::with_env(
+            &[&fx.lower],
+            &side.upper,
+            &side.work,
+            &side.mnt,
+            "",
+            "info,fuser::request=debug,strata::request=debug",
+            env,
+        );
+        transport_workload(&side.mnt);
+        let log = m.stop();
+        let over_ring = log
+            .lines()
+            .filter(|l| l.contains("ring unique:") && l.contains("GETXATTR"))
+            .count();
+        let over_dev = log
+            .lines()
+            .filter(|l| !l.contains("ring unique:") && l.contains("GETXATTR"))
+            .count();
+        let served = log
+            .lines()
+            .find_map(|l| {
+                l.split("io_uring: ")
+                    .nth(1)?
+                    .strip_suffix(" requests served over the ring")
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if ring {
+            assert!(log.contains("requests: io_uring"), "{name}: {log}");
+            assert!(
+                over_ring >= 300,
+                "{name}: {over_ring} GETXATTRs over the ring"
+            );
+            assert_eq!(over_dev, 0, "{name}: GETXATTRs came over /dev/fuse");
+            assert!(
+                served.is_some_and(|n| n >= 1000),
+                "{name}: served {served:?}"
+            );
+        } else {
+            assert!(!log.contains("requests: io_uring"), "{name}: {log}");
+            assert_eq!(over_ring, 0, "{name}: requests came over the ring");
+            assert!(
+                over_dev >= 300,
+                "{name}: {over_dev} GETXATTRs over /dev/fuse"
+            );
+            assert_eq!(served, None, "{name}: a ring served requests");
+        }
+    }
 }

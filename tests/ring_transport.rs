@@ -22,9 +22,11 @@ use fuser::{
     ReplyAttr, ReplyEntry, ReplyXattr, SessionACL,
 };
 use strata::fuse::ring::{self, Handler, Request, Ring, RingConfig};
+
+mod common;
+use common::mounts::{URING_PARAM as PARAM, UringParam};
 use strata::sys::{XTarget, xget};
 
-const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const PAYLOAD: usize = 1 << 20;
 const TTL: Duration = Duration::from_secs(60);
 
@@ -54,29 +56,6 @@ fn skip_reason() -> Option<String> {
         return Some("io_uring is disabled (kernel.io_uring_disabled=2)".into());
     }
     None
-}
-
-/// Sets `enable_uring` and restores its old value when dropped.
-struct UringParam {
-    old: String,
-}
-
-impl UringParam {
-    fn set(on: bool) -> UringParam {
-        let old = std::fs::read_to_string(PARAM).expect("read enable_uring");
-        std::fs::write(PARAM, if on { "1" } else { "0" }).expect("write enable_uring");
-        UringParam {
-            old: old.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for UringParam {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(PARAM, &self.old) {
-            eprintln!("restoring {PARAM} to {}: {e}", self.old);
-        }
-    }
 }
 
 /// What both sides saw.

@@ -995,6 +995,7 @@ fn info(s: &Store, format: Option<&str>) -> Result<(), Failure> {
         "Fuse": fuse,
         "Passthrough": passthrough,
         "PassthroughReason": why,
+        "IoUring": crate::fuse::io_uring_offered(),
         "KernelVersion": crate::sys::kernel_release(),
         "Version": env!("CARGO_PKG_VERSION"),
     });
@@ -1049,6 +1050,18 @@ fn info(s: &Store, format: Option<&str>) -> Result<(), Failure> {
                     "available"
                 } else {
                     "not available"
+                }
+            );
+            println!(
+                "Requests:         {}",
+                if crate::fuse::io_uring_offered() {
+                    "io_uring, one queue per CPU (the kernel's enable_uring is on; root only)"
+                        .to_string()
+                } else {
+                    format!(
+                        "/dev/fuse (for io_uring, as root: echo 1 > {})",
+                        crate::fuse::IO_URING_PARAM
+                    )
                 }
             );
             println!(

@@ -60,14 +60,18 @@ pub fn serve(
     } else {
         "userspace I/O (no CAP_SYS_ADMIN, or STRATA_NO_PASSTHROUGH)"
     };
+    let requests = fuse::transport(opts);
     if foreground {
-        // The mount log: say what serves file data.
+        // The mount log: say what serves file data and what carries requests.
         eprintln!(
-            "strata: mounted {}; file data: {mode}",
+            "strata: mounted {}; file data: {mode}; requests: {requests}",
             mountpoint.display()
         );
     }
-    log::info!("mounted {}; file data: {mode}", mountpoint.display());
+    log::info!(
+        "mounted {}; file data: {mode}; requests: {requests}",
+        mountpoint.display()
+    );
     on_ready();
     if let Some(r) = ready {
         use std::io::Write;

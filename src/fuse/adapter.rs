@@ -122,6 +122,9 @@ pub struct Inner {
     /// Passthrough wanted (the caller checked CAP_SYS_ADMIN) and granted by the kernel.
     pub(super) passthrough: AtomicBool,
     pub(super) want_passthrough: bool,
+    /// FUSE over io_uring wanted (see `ring_dispatch`), and the ring once started.
+    pub(super) want_ring: bool,
+    pub(super) ring: OnceLock<super::ring::Ring>,
     /// The connection's `/dev/fuse` descriptor when this process mounted it (as root): for
     /// the passthrough ioctls and the io_uring ring.
     pub(super) dev: OnceLock<Arc<OwnedFd>>,
@@ -133,6 +136,14 @@ pub struct Inner {
     /// Inodes whose `security.capability` was just removed: the empty SETATTR that follows
     /// is the kernel's kill before a write, not chown(f, -1, -1) (see `setattr`).
     caps_dropped: Mutex<HashSet<Ino>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(r) = self.ring.get() {
+            log::info!("io_uring: {} requests served over the ring", r.requests());
+        }
+    }
 }
 
 /// Locks `m`, also when a thread panicked while holding it.
@@ -151,9 +162,10 @@ fn caller(who: &Asker) -> Caller {
 const WORKERS: usize = 2;
 
 impl FuseFs {
-    /// An adapter for `union`; `passthrough` asks for FUSE passthrough (needs CAP_SYS_ADMIN
-    /// and this process's own `/dev/fuse` descriptor, see [`FuseFs::set_dev`]).
-    pub fn new(union: Arc<Union>, passthrough: bool) -> FuseFs {
+    /// An adapter for `union`; `passthrough` asks for FUSE passthrough and `ring` for FUSE
+    /// over io_uring (both need this process's own `/dev/fuse` descriptor, see
+    /// [`FuseFs::set_dev`]; passthrough also needs CAP_SYS_ADMIN).
+    pub fn new(union: Arc<Union>, passthrough: bool, ring: bool) -> FuseFs {
         FuseFs(Arc::new(Inner {
             pool: Pool::new(WORKERS),
             caps_dropped: Mutex::new(HashSet::new()),
@@ -163,6 +175,8 @@ impl FuseFs {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             want_passthrough: passthrough,
+            want_ring: ring,
+            ring: OnceLock::new(),
             dev: OnceLock::new(),
             backing: Mutex::new(HashMap::new()),
         }))
@@ -171,6 +185,19 @@ impl FuseFs {
     /// Gives the adapter the connection's `/dev/fuse` descriptor (a duplicate of it).
     pub fn set_dev(&self, dev: OwnedFd) {
         let _ = self.dev.set(Arc::new(dev));
+    }
+
+    pub(super) fn from_inner(inner: Arc<Inner>) -> FuseFs {
+        FuseFs(inner)
+    }
+
+    pub(super) fn inner(&self) -> &Arc<Inner> {
+        &self.0
+    }
+
+    /// Requests served over the io_uring ring so far (`None`: no ring).
+    pub fn ring_requests(&self) -> Option<u64> {
+        self.ring.get().map(|r| r.requests())
     }
 }
 

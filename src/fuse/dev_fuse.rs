@@ -295,6 +295,7 @@ impl Filesystem for FuseFs {
                 "userspace I/O"
             }
         );
+        self.init_ring(config);
         Ok(())
     }
 

@@ -1,15 +1,15 @@
 //! The FUSE server: the FUSE operations of a [`crate::cow::Union`] (`adapter`), the two
 //! transports that bring them requests — fuser's `/dev/fuse` loop (`dev_fuse`) and FUSE over
-//! io_uring (`ring`, its unsafe half in `ring_sys`, and `ring_dispatch`, with our own codec of the wire
-//! ABI in `wire`) — and the
-//! mounting of it (several request threads, one `/dev/fuse` clone each; passthrough when the
-//! process holds CAP_SYS_ADMIN).
+//! io_uring (`ring`, its unsafe half in `ring_sys`, and `ring_dispatch`, with our own codec
+//! of the wire ABI in `wire`) — and the mounting of it (several request threads, one
+//! `/dev/fuse` clone each; passthrough when the process holds CAP_SYS_ADMIN).
 
 pub mod adapter;
 pub mod dev_fuse;
 pub mod options;
 pub mod pool;
 pub mod ring;
+mod ring_dispatch;
 mod ring_sys;
 pub mod setid;
 pub mod wire;
@@ -39,6 +39,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Use FUSE passthrough for file data when allowed.
     pub passthrough: bool,
+    /// Take requests over io_uring when the kernel offers it (`ring_dispatch`).
+    pub io_uring: bool,
     /// Allow device nodes and setuid files (a container root needs both).
     pub dev_suid: bool,
     /// With `dev_suid`: device nodes stay closed all the same (`nodev`; a container's union:
@@ -51,11 +53,32 @@ impl Default for MountOptions {
         MountOptions {
             fsname: "strata".into(),
             threads: 0,
-            passthrough: crate::sys::has_capability(crate::sys::CAP_SYS_ADMIN)
+            // Both need strata's own /dev/fuse descriptor, which it has when it mounts as root.
+            passthrough: crate::sys::euid() == 0
+                && crate::sys::has_capability(crate::sys::CAP_SYS_ADMIN)
                 && std::env::var_os("STRATA_NO_PASSTHROUGH").is_none(),
+            io_uring: crate::sys::euid() == 0 && std::env::var_os("STRATA_NO_IO_URING").is_none(),
             dev_suid: crate::sys::euid() == 0,
             nodev: false,
         }
+    }
+}
+
+/// Whether the kernel offers FUSE over io_uring to servers (`enable_uring`, Linux 6.14+; off
+/// by default: `echo 1 > /sys/module/fuse/parameters/enable_uring` as root turns it on).
+pub fn io_uring_offered() -> bool {
+    std::fs::read_to_string(IO_URING_PARAM).is_ok_and(|v| v.trim() == "Y")
+}
+
+/// The kernel's switch for FUSE over io_uring.
+pub const IO_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// How requests will reach a server mounted with `opts` (for logs and `strata info`).
+pub fn transport(opts: &MountOptions) -> &'static str {
+    match (opts.io_uring, io_uring_offered()) {
+        (true, true) => "io_uring (one queue per CPU)",
+        (false, _) => "/dev/fuse (io_uring needs root; STRATA_NO_IO_URING unset)",
+        (true, false) => "/dev/fuse (the kernel's enable_uring is off)",
     }
 }
 
@@ -67,7 +90,7 @@ pub fn mount(
 ) -> std::io::Result<Session<FuseFs>> {
     let union = Arc::new(Union::new(spec)?);
     let writable = union.writable();
-    let fs = FuseFs::new(union, opts.passthrough);
+    let fs = FuseFs::new(union, opts.passthrough, opts.io_uring);
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),

@@ -106,7 +106,8 @@ impl StrataMount {
     }
 
     /// [`StrataMount::with_options`] with the server's log filter (`--log-level`, e.g.
-    /// `warn,fuser::request=debug` to log every request; read it with [`StrataMount::log`]).
+    /// `warn,fuser::request=debug,strata::request=debug` to log every request, whichever way
+    /// it came; read it with [`StrataMount::log`]).
     pub fn with_log(
         lowers: &[&Path],
         upper: &Path,
@@ -114,6 +115,20 @@ impl StrataMount {
         mnt: &Path,
         extra: &str,
         log_filter: &str,
+    ) -> StrataMount {
+        StrataMount::with_env(lowers, upper, work, mnt, extra, log_filter, &[])
+    }
+
+    /// [`StrataMount::with_log`] with more environment for the server (e.g.
+    /// `STRATA_NO_IO_URING=1`).
+    pub fn with_env(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
     ) -> StrataMount {
         let mut opts = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -134,6 +149,7 @@ impl StrataMount {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
@@ -212,8 +228,14 @@ impl StrataMount {
     }
 }
 
-impl Drop for StrataMount {
-    fn drop(&mut self) {
+impl StrataMount {
+    /// Unmounts, waits for the server to exit and returns its whole log.
+    pub fn stop(mut self) -> String {
+        self.end();
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn end(&mut self) {
         umount_quietly(&self.mnt);
         if let Some(mut c) = self.child.take() {
             // The server exits by itself once the mount is gone; kill it if it does not.
@@ -229,6 +251,12 @@ impl Drop for StrataMount {
         }
         // A lazy unmount may leave it listed until the last user goes: make sure it is gone.
         umount_quietly(&self.mnt);
+    }
+}
+
+impl Drop for StrataMount {
+    fn drop(&mut self) {
+        self.end();
         let _ = fs::remove_file(&self.log);
     }
 }
@@ -650,4 +678,31 @@ pub fn fuse_mounts_under(prefix: &Path) -> Vec<String> {
                 .then(|| dir.to_string())
         })
         .collect()
+}
+
+/// The kernel's switch for FUSE over io_uring (Linux 6.14+).
+pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Sets `enable_uring` for a test and restores its old value when dropped.
+pub struct UringParam {
+    old: String,
+}
+
+impl UringParam {
+    /// Panics when the kernel has no such switch (check [`URING_PARAM`] first).
+    pub fn set(on: bool) -> UringParam {
+        let old = fs::read_to_string(URING_PARAM).expect("read enable_uring");
+        fs::write(URING_PARAM, if on { "1" } else { "0" }).expect("write enable_uring");
+        UringParam {
+            old: old.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(URING_PARAM, &self.old) {
+            eprintln!("restoring {URING_PARAM} to {}: {e}", self.old);
+        }
+    }
 }
