@@ -587,7 +587,9 @@ impl Queue {
     fn register(&mut self) -> Result<(), String> {
         self.started = Instant::now();
         let started = self.started;
-        let mut pause = Duration::from_millis(1);
+        // Short pauses first: the INIT answer is usually processed within a millisecond, and
+        // requests wait for the ring once it has been asked for.
+        let mut pause = Duration::from_micros(100);
         let mut probes = 0;
         loop {
             let res = self.probe().map_err(|e| format!("io_uring: {e}"))?;
