@@ -169,14 +169,41 @@ struct Probe {
 /// A lower hard link's name: (parent, name, device, inode of the lower object).
 type LowerLinkKey = (Ino, Vec<u8>, u64, u64);
 
+/// A hasher for keys made of integers that the kernel or this process chose (inode and device
+/// numbers): nobody outside picks them, so SipHash's protection against chosen keys is not
+/// needed, and a lookup of a large tree spent a tenth of the server's time in it.
+#[derive(Default, Clone, Copy)]
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by integers (see [`IntHasher`]).
+type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
+/// The contributing layer directories of a directory of the view, top first (see
+/// [`Union::dir`]).
+pub struct Dir(Vec<(Loc, Arc<LayerFd>)>);
+
 /// The merged view.
 pub struct Union {
     lowers: Vec<OwnedFd>,
     upper: Option<Upper>,
     volatile: bool,
     metacopy: bool,
-    nodes: RwLock<HashMap<Ino, Node>>,
-    origins: Mutex<HashMap<(u64, u64), Ino>>,
+    nodes: RwLock<IntMap<Ino, Node>>,
+    origins: Mutex<IntMap<(u64, u64), Ino>>,
     /// Inode numbers of lower hard links in a writable union, per name: (parent, name,
     /// device, inode). As in kernel overlayfs without `index`, a copy-up breaks a lower hard
     /// link, so each name must be its own node: sharing one made an operation on one name
@@ -257,8 +284,8 @@ impl Union {
             upper,
             volatile: spec.volatile,
             metacopy: spec.metacopy,
-            nodes: RwLock::new(HashMap::new()),
-            origins: Mutex::new(HashMap::new()),
+            nodes: RwLock::new(IntMap::default()),
+            origins: Mutex::new(IntMap::default()),
             lower_links: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             write: Mutex::new(()),
@@ -552,6 +579,7 @@ impl Union {
 
     /// Records a probed object as a node (adding `lookups` to its count); returns its attrs.
     fn intern(&self, parent: Ino, name: &[u8], p: Probe, lookups: u64) -> Attr {
+        let st = p.st;
         let key = (p.st.st_dev, p.st.st_ino);
         let new_ino = || self.next_ino.fetch_add(1, Ordering::Relaxed);
         let ino = if self.is_lower_link(p.top, &p.st) {
@@ -562,30 +590,37 @@ impl Union {
             *lock(&self.origins).entry(key).or_insert_with(new_ino)
         };
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        let n = nodes.entry(ino).or_insert_with(|| Node {
-            parent,
-            name: name.to_vec(),
-            mode: p.st.st_mode,
-            top: p.top,
-            obj: p.obj.clone(),
-            dirs: Vec::new(),
-            nlookup: 0,
-            unlinked: false,
-            data: None,
-            no_caps: false,
-        });
-        if ino != ROOT_INO {
-            n.parent = parent;
-            n.name = name.to_vec();
+        match nodes.entry(ino) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Node {
+                    parent,
+                    name: name.to_vec(),
+                    mode: p.st.st_mode,
+                    top: p.top,
+                    obj: p.obj,
+                    dirs: p.dirs,
+                    nlookup: lookups,
+                    unlinked: false,
+                    data: p.data,
+                    no_caps: false,
+                });
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let n = o.get_mut();
+                if ino != ROOT_INO && (n.parent != parent || n.name != name) {
+                    n.parent = parent;
+                    n.name = name.to_vec();
+                }
+                n.mode = p.st.st_mode;
+                n.top = p.top;
+                n.obj = p.obj;
+                n.dirs = p.dirs;
+                n.data = p.data;
+                n.unlinked = false;
+                n.nlookup += lookups;
+            }
         }
-        n.mode = p.st.st_mode;
-        n.top = p.top;
-        n.obj = p.obj;
-        n.dirs = p.dirs;
-        n.data = p.data;
-        n.unlinked = false;
-        n.nlookup += lookups;
-        Attr { ino, st: p.st }
+        Attr { ino, st }
     }
 
     /// Whether an object is a lower hard link of a writable union (one node per name).
@@ -595,9 +630,19 @@ impl Union {
 
     /// Looks up `name` in directory `parent` (counting one lookup, as FUSE does).
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, Errno> {
+        self.lookup_in(parent, &self.dir(parent)?, name)
+    }
+
+    /// The layer directories of directory `ino`, for several lookups in it
+    /// ([`Union::lookup_in`]: the entries of one listing).
+    pub fn dir(&self, ino: Ino) -> Result<Dir, Errno> {
+        self.dirs_of(ino).map(Dir)
+    }
+
+    /// [`Union::lookup`] in `dir`, directory `parent`'s layer directories.
+    pub fn lookup_in(&self, parent: Ino, dir: &Dir, name: &[u8]) -> Result<Attr, Errno> {
         check_name(name)?;
-        let dirs = self.dirs_of(parent)?;
-        match self.probe(&dirs, name)? {
+        match self.probe(&dir.0, name)? {
             Some(p) => Ok(self.intern(parent, name, p, 1)),
             None => Err(Errno::ENOENT),
         }
@@ -1768,15 +1813,20 @@ impl Union {
     /// contributing layers, less whiteouts and OCI whiteout files, top layer first.
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>, Errno> {
         let dirs = self.dirs_of(ino)?;
-        let mut out = Vec::new();
-        for (name, kind, dev, dino) in merge_dir(&dirs)? {
+        let merged = merge_dir(&dirs)?;
+        let mut out = Vec::with_capacity(merged.len());
+        let links = lock(&self.lower_links);
+        let mut origins = lock(&self.origins);
+        for (name, kind, dev, dino) in merged {
             // A lower hard link looked up before has a number of its own (`lower_links`).
-            let linked = lock(&self.lower_links)
-                .get(&(ino, name.clone(), dev, dino))
-                .copied();
+            let linked = if links.is_empty() {
+                None
+            } else {
+                links.get(&(ino, name.clone(), dev, dino)).copied()
+            };
             let ino = match linked {
                 Some(i) => i,
-                None => *lock(&self.origins)
+                None => *origins
                     .entry((dev, dino))
                     .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed)),
             };

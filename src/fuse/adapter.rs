@@ -609,6 +609,11 @@ impl FuseFs {
             Ok(e) => e,
             Err(e) => return out.done(Err(e)),
         };
+        // The directory's layers, once for all the entries of this reply.
+        let dir = match self.union.dir(ino) {
+            Ok(d) => d,
+            Err(e) => return out.done(Err(e)),
+        };
         let mut i = offset;
         while i < entries.len() as u64 + 2 {
             let (a, name): (Attr, &[u8]) = match i {
@@ -622,7 +627,7 @@ impl FuseFs {
                 },
                 n => {
                     let e = &entries[(n - 2) as usize];
-                    match self.union.lookup(ino, &e.name) {
+                    match self.union.lookup_in(ino, &dir, &e.name) {
                         Ok(a) => (a, &e.name[..]),
                         Err(_) => {
                             i += 1; // removed since the snapshot
