@@ -72,16 +72,16 @@ pub fn serve(
         "mounted {}; file data: {mode}; requests: {requests}",
         mountpoint.display()
     );
-    on_ready();
-    if let Some(r) = ready {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        r.ok();
-        crate::sys::detach_stdio();
-    }
-    session
-        .run()
-        .map_err(|e| fail(format!("serving {}: {e}", mountpoint.display())))?;
+    fuse::serve(session, mountpoint, || {
+        on_ready();
+        if let Some(r) = ready {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            r.ok();
+            crate::sys::detach_stdio();
+        }
+    })
+    .map_err(|e| fail(format!("serving {}: {e}", mountpoint.display())))?;
     Ok(())
 }
 

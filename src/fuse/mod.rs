@@ -128,6 +128,28 @@ pub fn mount(
     Session::from_fd(fs, dev, cfg.acl, cfg)
 }
 
+/// Serves `session` (from [`mount`]) until its mount goes away. `ready` is called once the
+/// mount answers requests — its INIT answered and, with io_uring, the ring registered (a
+/// request waits for both) — so that whoever is told the mount is ready cannot unmount it
+/// while the ring's threads are still registering (a kernel race that can leave the unmount
+/// hanging).
+pub fn serve(
+    session: Session<FuseFs>,
+    mountpoint: &Path,
+    ready: impl FnOnce(),
+) -> std::io::Result<()> {
+    let bg = session.spawn()?;
+    // The first request: a stat of the root, from this process, served by the threads above.
+    if let Err(e) = std::fs::metadata(mountpoint) {
+        log::warn!(
+            "{}: the new mount does not answer: {e}",
+            mountpoint.display()
+        );
+    }
+    ready();
+    bg.join()
+}
+
 /// Mounts a new FUSE connection at `mountpoint` (as root) and returns its `/dev/fuse`
 /// descriptor. fuser's own mount is not used as root: when its session ends it unmounts
 /// `mountpoint` by path once more (0.18 takes an ended connection for a live one), and by

@@ -268,10 +268,12 @@ impl Server {
                         std::process::exit(1);
                     }
                 };
-                let _ = nix::unistd::write(&w, b"\x00");
-                drop(w);
-                crate::sys::detach_stdio();
-                let code = match session.run() {
+                let served = crate::fuse::serve(session, mountpoint, || {
+                    let _ = nix::unistd::write(&w, b"\x00");
+                    drop(w);
+                    crate::sys::detach_stdio();
+                });
+                let code = match served {
                     Ok(()) => 0,
                     Err(_) => 1,
                 };
