@@ -442,6 +442,21 @@ pub fn fuser_created_passthrough(
     let _ = b.into_raw();
 }
 
+// ---- scheduling
+
+/// Sets the calling thread's scheduling policy: `SCHED_IDLE` when `idle`, else `SCHED_OTHER`.
+pub fn set_thread_idle(idle: bool) -> nix::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    Errno::result(r).map(drop)
+}
+
 // ---- processes and namespaces (the runner's)
 
 /// Runs `f` in a new child process made by `clone(2)` with `flags` (namespace flags such as

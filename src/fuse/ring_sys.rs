@@ -339,6 +339,16 @@ impl Uring {
             .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))
     }
 
+    /// Submits what is queued without waiting; returns how many were submitted.
+    pub(super) fn submit(&mut self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+
+    /// Whether commands are queued and not yet submitted.
+    pub(super) fn has_queued(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
     /// Submits what is queued and waits for at least `want` completions (one system call).
     pub(super) fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         self.ring.submit_and_wait(want)
