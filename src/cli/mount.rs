@@ -44,7 +44,7 @@ pub fn serve(
                 .map_err(|e| fail(format!("cannot start the background server: {e}")))?,
         )
     };
-    let session = match fuse::mount(spec, mountpoint, opts) {
+    let (session, fs) = match fuse::mount(spec, mountpoint, opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mount {}: {e}", mountpoint.display());
@@ -72,7 +72,7 @@ pub fn serve(
         "mounted {}; file data: {mode}; requests: {requests}",
         mountpoint.display()
     );
-    fuse::serve(session, mountpoint, || {
+    fuse::serve(session, &fs, || {
         on_ready();
         if let Some(r) = ready {
             use std::io::Write;

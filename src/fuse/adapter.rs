@@ -125,6 +125,8 @@ pub struct Inner {
     /// FUSE over io_uring wanted (see `ring_dispatch`), and the ring once started.
     pub(super) want_ring: bool,
     pub(super) ring: OnceLock<super::ring::Ring>,
+    /// The kernel's INIT has been answered.
+    pub(super) initialized: AtomicBool,
     /// The connection's `/dev/fuse` descriptor when this process mounted it (as root): for
     /// the passthrough ioctls and the io_uring ring.
     pub(super) dev: OnceLock<Arc<OwnedFd>>,
@@ -177,6 +179,7 @@ impl FuseFs {
             want_passthrough: passthrough,
             want_ring: ring,
             ring: OnceLock::new(),
+            initialized: AtomicBool::new(false),
             dev: OnceLock::new(),
             backing: Mutex::new(HashMap::new()),
         }))
@@ -193,6 +196,30 @@ impl FuseFs {
 
     pub(super) fn inner(&self) -> &Arc<Inner> {
         &self.0
+    }
+
+    /// Waits (at most `timeout`) until the mount serves requests the way it will: the
+    /// kernel's INIT answered and, when one was started, the io_uring ring registered or
+    /// given up. No request is needed for that (the kernel sends INIT at mount time), so
+    /// nothing is left in flight that would make an unmount right after fail with EBUSY.
+    pub fn wait_serving(&self, timeout: Duration) {
+        let end = std::time::Instant::now() + timeout;
+        while !self.initialized.load(Ordering::Acquire) {
+            if std::time::Instant::now() >= end {
+                log::warn!("the kernel's INIT did not come within {timeout:?}");
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        if let Some(r) = self.ring.get()
+            && !r.wait_active(end.saturating_duration_since(std::time::Instant::now()))
+        {
+            log::info!(
+                "requests: /dev/fuse ({})",
+                r.failure()
+                    .unwrap_or_else(|| "the io_uring ring is not active".into())
+            );
+        }
     }
 
     /// Requests served over the io_uring ring so far (`None`: no ring).

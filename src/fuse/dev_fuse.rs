@@ -296,6 +296,7 @@ impl Filesystem for FuseFs {
             }
         );
         self.init_ring(config);
+        self.initialized.store(true, Ordering::Release);
         Ok(())
     }
 

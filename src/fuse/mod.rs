@@ -82,12 +82,13 @@ pub fn transport(opts: &MountOptions) -> &'static str {
     }
 }
 
-/// Mounts `spec` at `mountpoint`; the returned session serves it when run.
+/// Mounts `spec` at `mountpoint`; the returned session serves it when run (see [`serve`]),
+/// through the returned adapter.
 pub fn mount(
     spec: &UnionSpec,
     mountpoint: &Path,
     opts: &MountOptions,
-) -> std::io::Result<Session<FuseFs>> {
+) -> std::io::Result<(Session<FuseFs>, FuseFs)> {
     let union = Arc::new(Union::new(spec)?);
     let writable = union.writable();
     let fs = FuseFs::new(union, opts.passthrough, opts.io_uring);
@@ -121,31 +122,21 @@ pub fn mount(
     clear_stale(mountpoint);
     if crate::sys::euid() != 0 {
         // Only fusermount3 may mount for other users: fuser does it.
-        return Session::new(fs, mountpoint, &cfg);
+        return Ok((Session::new(fs.clone(), mountpoint, &cfg)?, fs));
     }
     let dev = mount_dev_fuse(mountpoint, opts, writable)?;
     fs.set_dev(dev.try_clone()?);
-    Session::from_fd(fs, dev, cfg.acl, cfg)
+    Ok((Session::from_fd(fs.clone(), dev, cfg.acl, cfg)?, fs))
 }
 
-/// Serves `session` (from [`mount`]) until its mount goes away. `ready` is called once the
-/// mount answers requests — its INIT answered and, with io_uring, the ring registered (a
-/// request waits for both) — so that whoever is told the mount is ready cannot unmount it
-/// while the ring's threads are still registering (a kernel race that can leave the unmount
-/// hanging).
-pub fn serve(
-    session: Session<FuseFs>,
-    mountpoint: &Path,
-    ready: impl FnOnce(),
-) -> std::io::Result<()> {
+/// Serves `session` (from [`mount`], with its adapter `fs`) until its mount goes away.
+/// `ready` is called once the mount serves requests the way it will — its INIT answered and,
+/// with io_uring, the ring registered — so that whoever is told the mount is ready cannot
+/// unmount it while the ring's threads are still registering (a kernel race that can leave
+/// the unmount hanging).
+pub fn serve(session: Session<FuseFs>, fs: &FuseFs, ready: impl FnOnce()) -> std::io::Result<()> {
     let bg = session.spawn()?;
-    // The first request: a stat of the root, from this process, served by the threads above.
-    if let Err(e) = std::fs::metadata(mountpoint) {
-        log::warn!(
-            "{}: the new mount does not answer: {e}",
-            mountpoint.display()
-        );
-    }
+    fs.wait_serving(std::time::Duration::from_secs(5));
     ready();
     bg.join()
 }

@@ -258,7 +258,7 @@ impl Server {
                     nodev: true,
                     ..MountOptions::default()
                 };
-                let session = match crate::fuse::mount(spec, mountpoint, &opts) {
+                let (session, fs) = match crate::fuse::mount(spec, mountpoint, &opts) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = nix::unistd::write(
@@ -268,7 +268,7 @@ impl Server {
                         std::process::exit(1);
                     }
                 };
-                let served = crate::fuse::serve(session, mountpoint, || {
+                let served = crate::fuse::serve(session, &fs, || {
                     let _ = nix::unistd::write(&w, b"\x00");
                     drop(w);
                     crate::sys::detach_stdio();
