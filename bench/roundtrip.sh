@@ -2,7 +2,8 @@
 # bench/roundtrip.sh [-n CALLS] [--threads "1 2 4"]
 #
 # The floor under every FUSE workload: the cost of one request that does almost nothing.
-# Mounts a small two-layer union with strata (for each thread count given), fuse-overlayfs and
+# Mounts a small two-layer union with strata (over io_uring when the kernel offers it, then
+# over /dev/fuse with each thread count given), fuse-overlayfs and
 # kernel overlayfs, and times CALLS getxattr() calls of a missing attribute on one lower file
 # (each is one FUSE request for the FUSE subjects: the kernel does not cache xattrs), best of
 # 5 rounds, in µs per call. Fresh walks need about two such round trips per directory and a
@@ -55,9 +56,16 @@ PY
 fresh() { rm -rf "$D/up" "$D/wk"; mkdir "$D/up" "$D/wk"; }
 OPTS="lowerdir=$D/l1:$D/l2,upperdir=$D/up,workdir=$D/wk"
 printf '%-24s %s\n' subject "us/request"
+if [ "$(cat /sys/module/fuse/parameters/enable_uring 2> /dev/null)" = Y ]; then
+  fresh; "$STRATA" overlay -o "$OPTS" "$D/mnt"
+  printf '%-24s %s\n' "strata io_uring" "$(calls "$D/mnt/file")"
+  umount "$D/mnt"
+else
+  echo "(no strata io_uring row: the kernel's enable_uring is off, see scripts/enable-io-uring.sh)"
+fi
 for t in $THREADS; do
-  fresh; "$STRATA" overlay --threads "$t" -o "$OPTS" "$D/mnt"
-  printf '%-24s %s\n' "strata --threads $t" "$(calls "$D/mnt/file")"
+  fresh; STRATA_NO_IO_URING=1 "$STRATA" overlay --threads "$t" -o "$OPTS" "$D/mnt"
+  printf '%-24s %s\n' "strata /dev/fuse -t $t" "$(calls "$D/mnt/file")"
   umount "$D/mnt"
 done
 if command -v fuse-overlayfs > /dev/null; then
