@@ -454,24 +454,39 @@ fn timings(label: &str, path: &CString) {
     println!("{line}");
 }
 
+/// What every test starts with: one test at a time, a logger, the reason to skip (printed;
+/// `None` then), and `enable_uring` set to `on` until the returned guard goes.
+fn begin(on: bool) -> Option<(MutexGuard<'static, ()>, UringParam)> {
+    let serial = serial();
+    let _ = env_logger::builder().is_test(true).try_init();
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some((serial, UringParam::set(on)))
+}
+
+impl Mounted {
+    /// The ring its `init` started.
+    fn ring(&self) -> &Ring {
+        match &self.ring {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => panic!("ring::start failed: {e}"),
+            None => panic!("init did not run"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests
 
 #[test]
 fn the_ring_serves_requests_and_ends_at_unmount() {
-    let _serial = serial();
-    let _ = env_logger::builder().is_test(true).try_init();
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    let Some(_guards) = begin(true) else {
         return;
-    }
-    let _param = UringParam::set(true);
-    let m = mount(Some(PAYLOAD));
-    let ring = match &m.ring {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => panic!("ring::start failed: {e}"),
-        None => panic!("init did not run"),
     };
+    let m = mount(Some(PAYLOAD));
+    let ring = m.ring();
     // (1) every queue registered.
     assert!(
         ring.wait_active(Duration::from_secs(5)),
@@ -611,19 +626,12 @@ impl Drop for FuseCtl {
 fn an_abort_with_a_request_held_by_the_handler_ends_the_ring() {
     use std::os::unix::fs::MetadataExt;
 
-    let _serial = serial();
-    let _ = env_logger::builder().is_test(true).try_init();
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    let Some(_guards) = begin(true) else {
         return;
-    }
-    let _param = UringParam::set(true);
+    };
     let _ctl = FuseCtl::get();
     let m = mount(Some(PAYLOAD));
-    let ring = match &m.ring {
-        Some(Ok(r)) => r,
-        _ => panic!("ring::start failed"),
-    };
+    let ring = m.ring();
     assert!(ring.wait_active(Duration::from_secs(5)), "{ring:?}");
     let conn = nix::sys::stat::minor(std::fs::metadata(&m.mnt).expect("stat").dev());
     // A request that the handler holds for 300 ms (answered from another thread).
@@ -658,19 +666,11 @@ fn an_abort_with_a_request_held_by_the_handler_ends_the_ring() {
 
 #[test]
 fn without_enable_uring_everything_goes_over_dev_fuse() {
-    let _serial = serial();
-    let _ = env_logger::builder().is_test(true).try_init();
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    let Some(_guards) = begin(false) else {
         return;
-    }
-    let _param = UringParam::set(false);
-    let m = mount(Some(PAYLOAD));
-    let ring = match &m.ring {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => panic!("ring::start failed: {e}"),
-        None => panic!("init did not run"),
     };
+    let m = mount(Some(PAYLOAD));
+    let ring = m.ring();
     // (5) not active, and it says why without waiting the timeout out.
     let t = Instant::now();
     assert!(!ring.wait_active(Duration::from_secs(5)));
@@ -702,21 +702,13 @@ fn without_enable_uring_everything_goes_over_dev_fuse() {
 
 #[test]
 fn a_failed_registration_falls_back_to_dev_fuse() {
-    let _serial = serial();
-    let _ = env_logger::builder().is_test(true).try_init();
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    let Some(_guards) = begin(true) else {
         return;
-    }
-    let _param = UringParam::set(true);
+    };
     // Payload buffers smaller than max_write: the kernel refuses every REGISTER, after INIT
     // was answered with FUSE_OVER_IO_URING. Requests must not hang.
     let m = mount(Some(64 << 10));
-    let ring = match &m.ring {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => panic!("ring::start failed: {e}"),
-        None => panic!("init did not run"),
-    };
+    let ring = m.ring();
     assert!(!ring.wait_active(Duration::from_secs(5)));
     let why = ring.failure().expect("a reason");
     assert!(why.contains("REGISTER") && why.contains("payload"), "{why}");
@@ -757,13 +749,9 @@ fn pin_threads_named(name: &str, cpu: usize) -> usize {
 
 #[test]
 fn dev_fuse_timing_with_enable_uring_on_but_no_ring() {
-    let _serial = serial();
-    let _ = env_logger::builder().is_test(true).try_init();
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    let Some(_guards) = begin(true) else {
         return;
-    }
-    let _param = UringParam::set(true);
+    };
     let m = mount(None);
     assert!(m.ring.is_none());
     let hello = m.hello();

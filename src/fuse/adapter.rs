@@ -310,18 +310,6 @@ impl Inner {
 /// Attributes as an answer (getattr, setattr): the same three facts as an entry.
 pub type AttrOut = EntryOut;
 
-/// The changes a SETATTR asks for, decoded.
-#[derive(Debug, Clone, Default)]
-pub struct SetattrIn {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    /// `None`: unchanged; `Some(None)`: now; `Some(Some(t))`: that time.
-    pub atime: Option<Option<nix::sys::time::TimeSpec>>,
-    pub mtime: Option<Option<nix::sys::time::TimeSpec>>,
-}
-
 /// The operations, one per request kind.
 impl FuseFs {
     pub fn lookup(&self, parent: Ino, name: &[u8], r: impl Reply<EntryOut>) {
@@ -353,26 +341,17 @@ impl FuseFs {
         &self,
         who: Asker,
         ino: Ino,
-        set: SetattrIn,
+        mut s: SetAttr,
         fh: Option<u64>,
         r: impl Reply<AttrOut>,
     ) {
-        let SetattrIn {
+        let SetAttr {
             mode,
             uid,
             gid,
             size,
-            atime,
-            mtime,
-        } = set;
-        let mut s = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-        };
+            ..
+        } = s;
         // Set-id bits this change drops (see `setid`). A SETATTR that changes nothing is
         // chown(f, -1, -1), or the kernel's request before a write that must drop set-id bits
         // or a file capability; the two differ only for a privileged caller, whose write

@@ -18,10 +18,9 @@ use nix::errno::Errno;
 use nix::sys::statvfs::Statvfs;
 use nix::sys::time::TimeSpec;
 
-use super::adapter::{
-    AttrOut, DirPlusSink, DirSink, EntryOut, FuseFs, OpenOut, Reply, SetattrIn, XattrOut,
-};
+use super::adapter::{AttrOut, DirPlusSink, DirSink, EntryOut, FuseFs, OpenOut, Reply, XattrOut};
 use super::setid::Asker;
+use crate::cow::SetAttr;
 
 fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from(std::io::Error::from(e))
@@ -330,7 +329,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetattrIn {
+        let set = SetAttr {
             mode,
             uid,
             gid,

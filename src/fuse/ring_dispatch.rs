@@ -13,11 +13,12 @@ use nix::sys::statvfs::Statvfs;
 
 use super::adapter::{
     AttrOut, DirPlusSink, DirSink, EntryOut, FOPEN_PASSTHROUGH, FuseFs, Inner, OpenOut, Reply,
-    SetattrIn, XattrOut,
+    XattrOut,
 };
 use super::ring::{self, Handler, Request, RingConfig};
 use super::setid::Asker;
 use super::wire::{self, Op, Time};
+use crate::cow::SetAttr;
 
 /// Ring entries per CPU queue: one is served at a time by the queue's thread, the others let
 /// requests wait in the ring while one is with a worker (a copy-up, an fsync).
@@ -128,7 +129,7 @@ fn dispatch(fs: &FuseFs, req: Request) {
             mtime,
             ..
         } => {
-            let set = SetattrIn {
+            let set = SetAttr {
                 mode,
                 uid,
                 gid,
