@@ -97,17 +97,35 @@ fn time_of(t: Option<Time>) -> Option<Option<nix::sys::time::TimeSpec>> {
     })
 }
 
+thread_local! {
+    /// The payload of the request being dispatched on this thread (see `dispatch`).
+    static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Decodes `req` and runs its operation.
 fn dispatch(fs: &FuseFs, req: Request) {
     let h = match wire::in_header(req.in_header()) {
         Ok(h) => h,
         Err(e) => return req.reply(e as i32, &[]),
     };
-    // The arguments are copied out of the entry, which the reply takes along (names are
-    // short; write data comes this way only without passthrough).
-    let op_bytes = req.op().to_vec();
-    let payload = req.payload().to_vec();
-    let op = match wire::decode(&h, &op_bytes, &payload) {
+    // The arguments are copied out of the entry, which the reply takes along: the op struct
+    // to the stack, the payload (names; write data only without passthrough) to a buffer
+    // this thread reuses. Operations that finish later copy what they keep.
+    let mut op_bytes = [0u8; ring::OP_SIZE];
+    let n = req.op().len().min(ring::OP_SIZE);
+    op_bytes[..n].copy_from_slice(&req.op()[..n]);
+    PAYLOAD.with(|p| {
+        let mut payload = p.borrow_mut();
+        payload.clear();
+        payload.extend_from_slice(req.payload());
+        run(fs, &h, &op_bytes, &payload, req)
+    })
+}
+
+/// Runs the operation `op_bytes` and `payload` describe, answering through `req`.
+fn run(fs: &FuseFs, h: &wire::InHeader, op_bytes: &[u8], payload: &[u8], req: Request) {
+    let h = *h;
+    let op = match wire::decode(&h, op_bytes, payload) {
         Ok(op) => op,
         Err(e) => return req.reply(e as i32, &[]),
     };
