@@ -1054,7 +1054,7 @@ fn info(s: &Store, format: Option<&str>) -> Result<(), Failure> {
             );
             println!(
                 "Requests:         {}",
-                if crate::fuse::io_uring_offered() {
+                if v["IoUring"].as_bool().unwrap_or(false) {
                     "io_uring, one queue per CPU (the kernel's enable_uring is on; root only)"
                         .to_string()
                 } else {

@@ -680,8 +680,8 @@ pub fn fuse_mounts_under(prefix: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The kernel's switch for FUSE over io_uring (Linux 6.14+).
-pub const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+/// The kernel's switch for FUSE over io_uring (Linux 6.14+): the one strata reads.
+pub const URING_PARAM: &str = strata::fuse::IO_URING_PARAM;
 
 /// Sets `enable_uring` for a test and restores its old value when dropped.
 pub struct UringParam {
