@@ -27,10 +27,11 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::mounts::{
     KernelOverlay, Layer, StrataMount, URING_PARAM, UringParam, have_fuse, have_kernel_overlay,
-    lgetxattr, llistxattr, lsetxattr,
+    lgetxattr, llistxattr, lsetxattr, mount_type,
 };
 
 /// The unprivileged user of the permission scenarios (no entry in /etc/passwd needed).
@@ -1358,11 +1359,27 @@ fn an_ended_server_leaves_the_next_mount_at_its_place_alone() {
     assert_eq!(content(&mnt.join("f")), "first\n");
     let pid = first.pid().to_string();
     ok_in(fx.tmp.path(), "kill", &["-STOP", &pid]);
-    // umount(8) would stat the mount point and wait for the stopped server.
-    nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()).expect("umount2");
+    // umount(8) would stat the mount point and wait for the stopped server. umount2 itself
+    // may wait too: over io_uring a request the kernel handed to a stopped queue thread (the
+    // RELEASE of the read above, say) keeps the connection alive until that thread runs again,
+    // and the kernel waits for it after it has taken the mount away. So the unmount runs on its
+    // own thread, and the next mount is made as soon as the place is free.
+    let unmounting = {
+        let mnt = mnt.clone();
+        std::thread::spawn(move || nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mount_type(&mnt).is_some() {
+        assert!(Instant::now() < deadline, "the first mount is still there");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let next = StrataMount::new(&[&second], &b.upper, &b.work, &mnt);
     assert_eq!(content(&mnt.join("f")), "second\n");
     ok_in(fx.tmp.path(), "kill", &["-CONT", &pid]);
+    unmounting
+        .join()
+        .expect("the unmounting thread")
+        .expect("umount2");
     assert!(first.wait_exit(), "the first server did not exit");
     assert_eq!(
         content(&mnt.join("f")),
