@@ -195,6 +195,58 @@ fn oci_whiteout_hides() {
     assert!(names(&u, "d").is_empty());
 }
 
+/// In a directory merged from many lower layers, lookups that strata answers through its index
+/// of the layers' listings (after the first few) give what asking each layer gives: OCI and
+/// kernel whiteouts hide, an OCI-marked opaque directory stops, a dir below a file is ignored.
+#[test]
+fn deep_lookups_through_the_merged_index_follow_the_rules() {
+    let Some(f) = fx(7) else { return };
+    f.lower(6)
+        .file("d/oci-hidden", b"6", 0o644)
+        .file("d/kernel-hidden", b"6", 0o644)
+        .file("d/deep", b"deep", 0o644)
+        .file("d/sub/below-opaque", b"6", 0o644)
+        .dir("d/file-above", 0o755);
+    f.lower(5).file("d/file-above", b"5", 0o644);
+    f.lower(4)
+        .oci_opaque_dir("d/sub", 0o755)
+        .file("d/sub/in-opaque", b"4", 0o644)
+        .file("d/twice", b"4", 0o644);
+    f.lower(3).oci_whiteout("d/oci-hidden");
+    f.lower(2).whiteout("d/kernel-hidden");
+    f.lower(1).file("d/twice", b"1", 0o644).dir("d/sub", 0o755);
+    f.lower(0).file("d/top", b"0", 0o644);
+    let u = f.union();
+    let expect: &[(&str, Result<&[u8], Errno>)] = &[
+        ("d/oci-hidden", Err(Errno::ENOENT)),
+        ("d/kernel-hidden", Err(Errno::ENOENT)),
+        ("d/.wh.oci-hidden", Err(Errno::ENOENT)),
+        ("d/deep", Ok(b"deep")),
+        ("d/file-above", Ok(b"5")),
+        ("d/twice", Ok(b"1")),
+        ("d/top", Ok(b"0")),
+        ("d/missing", Err(Errno::ENOENT)),
+    ];
+    // Twice as many lookups as the index waits for, all rules each time.
+    for _ in 0..2 * strata::cow::layer::MERGED_INDEX_AFTER {
+        for (path, want) in expect {
+            match want {
+                Ok(data) => assert_eq!(read(&u, path), *data, "{path}"),
+                Err(e) => assert_eq!(resolve(&u, path).unwrap_err(), *e, "{path}"),
+            }
+        }
+        assert_eq!(
+            resolve(&u, "d/sub/below-opaque").unwrap_err(),
+            Errno::ENOENT
+        );
+        assert_eq!(read(&u, "d/sub/in-opaque"), b"4");
+    }
+    assert_eq!(
+        names(&u, "d"),
+        ["deep", "file-above", "sub", "top", "twice"]
+    );
+}
+
 #[test]
 fn opaque_dir_stops_trusted_xattr() {
     let Some(f) = fx(2) else { return };

@@ -1277,3 +1277,148 @@ fn non_root_caller_gets_the_kernels_answers() {
     eprintln!("{}", pair.history.join("\n"));
     pair.round_trip();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deep unions
+
+/// Names each directory of the deep fixture may hold (more than the lookups a merged directory
+/// takes before strata indexes its lower layers, so that both ways are walked).
+const DEEP_NAMES: &[&str] = &[
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+];
+
+/// Fills directory `rel` (`""`: the root) of one layer with a random mix of files, symlinks,
+/// whiteouts, directories and opaque directories, `depth` levels down.
+fn deep_fill(r: &mut Rng, layer: &Layer, layer_no: usize, rel: &str, depth: usize) {
+    for name in DEEP_NAMES {
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        match r.below(10) {
+            0 | 1 => {
+                layer.file(
+                    &path,
+                    format!("{path} of layer {layer_no}\n").as_bytes(),
+                    0o644,
+                );
+            }
+            2 => {
+                layer.symlink(&path, &format!("target-{layer_no}"));
+            }
+            3 => {
+                layer.whiteout(&path);
+            }
+            4 | 5 if depth > 0 => {
+                if r.below(4) == 0 {
+                    layer.opaque_dir(&path, 0o755);
+                } else {
+                    layer.dir(&path, 0o755);
+                }
+                deep_fill(r, layer, layer_no, &path, depth - 1);
+            }
+            _ => {} // nothing here in this layer
+        }
+    }
+}
+
+/// What the view shows of every name the fixture may hold, in every directory it may have,
+/// one line each: the file type and content (a file's bytes, a symlink's target) or the errno
+/// of `lstat`; for a directory also its listing. Kernel overlayfs lists the whiteouts of a
+/// lower directory that nothing below merges with (it hands out the real listing) although a
+/// lookup of them fails; such names are left out of its listings here.
+fn deep_lookups(mnt: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![String::new()];
+    for a in DEEP_NAMES {
+        dirs.push(a.to_string());
+        for b in DEEP_NAMES {
+            dirs.push(format!("{a}/{b}"));
+        }
+    }
+    for d in &dirs {
+        for n in DEEP_NAMES {
+            let rel = if d.is_empty() {
+                n.to_string()
+            } else {
+                format!("{d}/{n}")
+            };
+            let p = mnt.join(&rel);
+            let what = match fs::symlink_metadata(&p) {
+                Ok(md) if md.is_dir() => {
+                    let mut names: Vec<String> = fs::read_dir(&p)
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .filter(|n| fs::symlink_metadata(p.join(n)).is_ok())
+                        .collect();
+                    names.sort();
+                    format!("dir [{}]", names.join(" "))
+                }
+                Ok(md) if md.is_symlink() => format!("symlink {:?}", fs::read_link(&p).unwrap()),
+                Ok(md) if md.is_file() => format!("file {:?}", fs::read_to_string(&p).unwrap()),
+                Ok(md) => format!("other {:o}", std::os::unix::fs::MetadataExt::mode(&md)),
+                Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+            };
+            out.push(format!("{rel}: {what}"));
+        }
+    }
+    out
+}
+
+/// A union of 12 random lower layers looks up, reads and lists like kernel overlayfs, on the first
+/// walk (lower layers asked one by one, then through the index strata builds of a merged
+/// directory's lower layers) and on the second (all through the index).
+#[test]
+fn deep_unions_look_up_like_the_kernel() {
+    if !(have_fuse() && have_kernel_overlay()) {
+        eprintln!("skipped: needs root, /dev/fuse and kernel overlayfs");
+        return;
+    }
+    for seed in [11u64, 12, 13] {
+        let tmp = tempdir();
+        let base = tmp.path();
+        let mut r = Rng::new(seed);
+        let lowers: Vec<PathBuf> = (0..12).map(|i| base.join(format!("l{i}"))).collect();
+        for (i, l) in lowers.iter().enumerate() {
+            deep_fill(&mut r, &Layer::new(l), i, "", 2);
+        }
+        let lower_refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
+        let mut sides = Vec::new();
+        for side in ["s", "k"] {
+            for d in ["upper", "work", "mnt"] {
+                fs::create_dir_all(base.join(side).join(d)).unwrap();
+            }
+            sides.push(base.join(side));
+        }
+        let strata = StrataMount::new(
+            &lower_refs,
+            &sides[0].join("upper"),
+            &sides[0].join("work"),
+            &sides[0].join("mnt"),
+        );
+        let kernel = KernelOverlay::new(
+            &lower_refs,
+            &sides[1].join("upper"),
+            &sides[1].join("work"),
+            &sides[1].join("mnt"),
+        );
+        for walk in ["first", "second"] {
+            let s = deep_lookups(strata.path());
+            let k = deep_lookups(kernel.path());
+            let differ: Vec<String> = s
+                .iter()
+                .zip(&k)
+                .filter(|(a, b)| a != b)
+                .map(|(a, b)| format!("strata {a} / kernel {b}"))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "seed {seed}, {walk} walk, the views differ:\n{}",
+                differ.join("\n")
+            );
+        }
+        drop(strata);
+        drop(kernel);
+    }
+}

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -57,6 +58,67 @@ pub fn is_dir(mode: u32) -> bool {
 pub struct LayerFd {
     fd: OwnedFd,
     listing: std::sync::OnceLock<Option<Listing>>,
+    /// For the top lower directory of a merged directory: layers visited by lookups through
+    /// it, and once there were [`MERGED_INDEX_AFTER`], the index of the lower directories merged
+    /// with it (see [`MergedIndex`]).
+    probes: std::sync::atomic::AtomicU32,
+    merged: std::sync::OnceLock<Option<MergedIndex>>,
+}
+
+/// Layers visited by lookups through a merged directory (lookups × its lower layers) before
+/// its [`MergedIndex`] is built: a directory of a few layers looked up in only a few times (a
+/// path walked through once) does not pay for reading every layer's listing, one of 64 layers
+/// gets the index at its first lookup, and lookups then cost the same however many layers
+/// there are.
+pub const MERGED_INDEX_AFTER: u32 = 64;
+
+/// Fewest lower directories a merged directory must have to get a [`MergedIndex`]: below
+/// this, asking each layer's listing in turn costs no more than one index lookup.
+pub const MERGED_INDEX_MIN_LAYERS: usize = 4;
+
+/// Which of the lower directories merged into one directory of the view hold a name (or its
+/// `.wh.` whiteout), from their listings, built once per mount and directory: a lookup then
+/// visits only those layers instead of asking all of them, so its cost does not grow with the
+/// number of layers (a 64-layer image looks up like a 1-layer one). Lower layers never change
+/// while mounted, so the index never goes stale.
+pub struct MergedIndex {
+    /// The directories it was built from, top first (by address: checked on every use).
+    layers: Vec<usize>,
+    /// Name → positions (in `layers`) of the layers whose listing has the name or `.wh.NAME`.
+    names: std::collections::HashMap<Box<[u8]>, Vec<u16>>,
+}
+
+impl MergedIndex {
+    /// The index of `layers` (top first); `None` when a listing cannot be read or there are
+    /// too many layers to number.
+    fn build<L>(layers: &[(L, Arc<LayerFd>)]) -> Option<MergedIndex> {
+        let count = u16::try_from(layers.len()).ok()?;
+        let mut names: std::collections::HashMap<Box<[u8]>, Vec<u16>> =
+            std::collections::HashMap::new();
+        for (pos, (_, layer)) in (0..count).zip(layers) {
+            for (name, _, _) in &layer.listing()?.entries {
+                let name = name
+                    .strip_prefix(crate::cow::format::OCI_WHITEOUT_PREFIX.as_bytes())
+                    .unwrap_or(name);
+                let at = names.entry(name.into()).or_default();
+                if at.last() != Some(&pos) {
+                    at.push(pos);
+                }
+            }
+        }
+        Some(MergedIndex {
+            layers: layers
+                .iter()
+                .map(|(_, l)| Arc::as_ptr(l) as usize)
+                .collect(),
+            names,
+        })
+    }
+
+    /// The positions of the layers that hold `name` or its whiteout, top first.
+    pub fn layers_with(&self, name: &[u8]) -> &[u16] {
+        self.names.get(name).map_or(&[], |v| v.as_slice())
+    }
 }
 
 /// A directory entry as read: name, file type (if the filesystem says), inode number.
@@ -89,7 +151,46 @@ impl LayerFd {
         LayerFd {
             fd,
             listing: std::sync::OnceLock::new(),
+            probes: std::sync::atomic::AtomicU32::new(0),
+            merged: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The [`MergedIndex`] of `layers`, the lower directories merged into one directory of
+    /// the view, top first, this one first; `None` while it is not worth building (see
+    /// [`MERGED_INDEX_AFTER`], [`MERGED_INDEX_MIN_LAYERS`]) or when it cannot be.
+    pub fn merged_index<L>(&self, layers: &[(L, Arc<LayerFd>)]) -> Option<&MergedIndex> {
+        if layers.len() < MERGED_INDEX_MIN_LAYERS
+            || !layers
+                .first()
+                .is_some_and(|(_, l)| std::ptr::eq(Arc::as_ptr(l), self))
+        {
+            return None;
+        }
+        let index = match self.merged.get() {
+            Some(index) => index.as_ref()?,
+            None => {
+                let visits = u32::try_from(layers.len()).unwrap_or(u32::MAX);
+                let seen = self
+                    .probes
+                    .fetch_add(visits, std::sync::atomic::Ordering::Relaxed);
+                if seen.saturating_add(visits) < MERGED_INDEX_AFTER {
+                    return None;
+                }
+                self.merged
+                    .get_or_init(|| MergedIndex::build(layers))
+                    .as_ref()?
+            }
+        };
+        // The same directory is always merged with the same ones below it (they are opened
+        // together, by one lookup); checked all the same, as a wrong index would hide files.
+        let same = index.layers.len() == layers.len()
+            && index
+                .layers
+                .iter()
+                .zip(layers)
+                .all(|(a, (_, l))| *a == Arc::as_ptr(l) as usize);
+        same.then_some(index)
     }
 
     /// The listing of this (lower, unchanging) directory; `None` when it cannot be read, and

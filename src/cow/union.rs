@@ -109,8 +109,9 @@ struct Node {
     /// The object: for a directory, its top layer's directory fd; else its name in its top
     /// layer (opened when needed: a descriptor per file would run into the open-files limit).
     obj: Obj,
-    /// For a directory: the fd of each contributing layer, top first.
-    dirs: Vec<(Loc, Arc<LayerFd>)>,
+    /// For a directory: the fd of each contributing layer, top first (shared: every lookup
+    /// in the directory takes it).
+    dirs: Layers,
     nlookup: u64,
     /// Removed from the view while still referenced (st_nlink reads 0).
     unlinked: bool,
@@ -194,7 +195,10 @@ type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
 
 /// The contributing layer directories of a directory of the view, top first (see
 /// [`Union::dir`]).
-pub struct Dir(Vec<(Loc, Arc<LayerFd>)>);
+pub struct Dir(Layers);
+
+/// The contributing layer directories of a directory of the view, top first.
+type Layers = Arc<[(Loc, Arc<LayerFd>)]>;
 
 /// The merged view.
 pub struct Union {
@@ -328,7 +332,7 @@ impl Union {
                 mode: st.st_mode,
                 top: dirs[0].0,
                 obj: Obj::Fd(dirs[0].1.clone()),
-                dirs,
+                dirs: dirs.into(),
                 nlookup: 1,
                 unlinked: false,
                 data: None,
@@ -390,7 +394,7 @@ impl Union {
         f(n)
     }
 
-    fn dirs_of(&self, ino: Ino) -> Result<Vec<(Loc, Arc<LayerFd>)>, Errno> {
+    fn dirs_of(&self, ino: Ino) -> Result<Layers, Errno> {
         self.with_node(ino, |n| {
             if !is_dir(n.mode) {
                 return Err(Errno::ENOTDIR);
@@ -399,98 +403,154 @@ impl Union {
         })
     }
 
-    /// Looks `name` up through the contributing layers of a directory.
+    /// Looks `name` up through the contributing layers of a directory. With a
+    /// [`MergedIndex`](super::layer::MergedIndex) of its lower directories, only the layers
+    /// that hold the name (or its whiteout) are visited, the others could only be skipped.
     fn probe(&self, dirs: &[(Loc, Arc<LayerFd>)], name: &[u8]) -> Result<Option<Probe>, Errno> {
         let mut res: Option<Probe> = None;
-        for (loc, dfd) in dirs {
-            if Self::layer_is_lower(*loc)
-                && name.starts_with(format::OCI_WHITEOUT_PREFIX.as_bytes())
-            {
-                continue; // OCI whiteout files never show in the view
-            }
-            let lower = Self::layer_is_lower(*loc);
-            // No `.wh.NAME` can exist for a name of 252..=255 bytes (it would pass NAME_MAX);
-            // asking for it would fail the lookup with ENAMETOOLONG (regression test: cow.rs
-            // names_of_252_to_255_bytes_work_over_lowers).
-            let oci_whiteout = || {
-                let mut wh = format::OCI_WHITEOUT_PREFIX.as_bytes().to_vec();
-                wh.extend_from_slice(name);
-                (wh.len() <= 255).then_some(wh)
-            };
-            // A lower directory's listing answers for names it does not hold.
-            if lower
-                && let Some(listing) = dfd.listing()
-                && !listing.has(name)
-            {
-                if oci_whiteout().is_some_and(|wh| listing.has(&wh)) {
-                    break; // an OCI whiteout hides the name below
-                }
-                continue;
-            }
-            let st = match stat_at(dfd.as_fd(), name)? {
-                Some(st) => st,
-                None => {
-                    if lower
-                        && let Some(wh) = oci_whiteout()
-                        && stat_at(dfd.as_fd(), &wh)?.is_some()
-                    {
-                        break; // an OCI whiteout hides the name below
-                    }
-                    continue;
-                }
-            };
-            if format::is_whiteout(st.st_mode, st.st_rdev) {
-                break;
-            }
-            if is_dir(st.st_mode) {
-                let fd = Arc::new(LayerFd::new(open_dir(dfd.as_fd(), name)?));
-                let marker = if lower {
-                    fd.listing()
-                        .map(|l| l.has(format::OCI_OPAQUE_MARKER.as_bytes()))
-                } else {
-                    None
-                };
-                let opaque = format::dir_is_opaque_with(fd.as_fd(), marker).unwrap_or(false);
-                match &mut res {
-                    None => {
-                        res = Some(Probe {
-                            top: *loc,
-                            st,
-                            obj: Obj::Fd(fd.clone()),
-                            dirs: vec![(*loc, fd)],
-                            data: None,
-                        })
-                    }
-                    Some(p) if is_dir(p.st.st_mode) => p.dirs.push((*loc, fd)),
-                    Some(_) => break,
-                }
-                if opaque {
+        let lower_at = dirs
+            .iter()
+            .position(|(loc, _)| Self::layer_is_lower(*loc))
+            .unwrap_or(dirs.len());
+        let index = dirs
+            .get(lower_at)
+            .and_then(|(_, top)| top.merged_index(&dirs[lower_at..]));
+        if let Some(index) = index {
+            let lowers = index
+                .layers_with(name)
+                .iter()
+                .map(|pos| lower_at + usize::from(*pos));
+            for i in (0..lower_at).chain(lowers) {
+                if self.probe_layer(dirs, i, name, &mut res)? {
                     break;
                 }
-            } else {
-                if res.is_none() {
-                    let data = if *loc == Loc::Upper && self.may_be_metacopy(&st) {
-                        self.metacopy_data(dfd, name, dirs)?
-                    } else {
-                        None
-                    };
-                    let mut st = st;
-                    if let Some(d) = &data {
-                        // A metacopy file's blocks are its lower data's (as the kernel says).
-                        st.st_blocks = d.stat()?.st_blocks;
-                    }
-                    res = Some(Probe {
-                        top: *loc,
-                        st,
-                        obj: Obj::At(dfd.clone(), name.to_vec()),
-                        dirs: Vec::new(),
-                        data,
-                    });
+            }
+        } else {
+            for i in 0..dirs.len() {
+                if self.probe_layer(dirs, i, name, &mut res)? {
+                    break;
                 }
-                break;
             }
         }
         Ok(res)
+    }
+
+    /// One layer's part of [`Union::probe`]: looks `name` up in `dirs[i]`, merging into
+    /// `res`; `true` when the layers below do not count (found, hidden, or opaque).
+    fn probe_layer(
+        &self,
+        dirs: &[(Loc, Arc<LayerFd>)],
+        i: usize,
+        name: &[u8],
+        res: &mut Option<Probe>,
+    ) -> Result<bool, Errno> {
+        let (loc, dfd) = &dirs[i];
+        let lower = Self::layer_is_lower(*loc);
+        if lower && name.starts_with(format::OCI_WHITEOUT_PREFIX.as_bytes()) {
+            return Ok(false); // OCI whiteout files never show in the view
+        }
+        // No `.wh.NAME` can exist for a name of 252..=255 bytes (it would pass NAME_MAX);
+        // asking for it would fail the lookup with ENAMETOOLONG (regression test: cow.rs
+        // names_of_252_to_255_bytes_work_over_lowers).
+        let oci_whiteout = || {
+            let mut wh = format::OCI_WHITEOUT_PREFIX.as_bytes().to_vec();
+            wh.extend_from_slice(name);
+            (wh.len() <= 255).then_some(wh)
+        };
+        // A lower directory's listing answers for names it does not hold.
+        if lower
+            && let Some(listing) = dfd.listing()
+        {
+            match listing.find(name) {
+                None if oci_whiteout().is_some_and(|wh| listing.has(&wh)) => {
+                    return Ok(true); // an OCI whiteout hides the name below
+                }
+                None => return Ok(false),
+                // A directory below a directory merges into it: its attributes do not count,
+                // so the listing's word that it is one is enough.
+                Some((_, Some(nix::dir::Type::Directory), _))
+                    if res.as_ref().is_some_and(|p| is_dir(p.st.st_mode)) =>
+                {
+                    let fd = Arc::new(LayerFd::new(open_dir(dfd.as_fd(), name)?));
+                    let opaque = Self::lower_dir_is_opaque(&fd);
+                    if let Some(p) = res {
+                        p.dirs.push((*loc, fd));
+                    }
+                    return Ok(opaque);
+                }
+                Some(_) => {}
+            }
+        }
+        let st = match stat_at(dfd.as_fd(), name)? {
+            Some(st) => st,
+            None => {
+                if lower
+                    && let Some(wh) = oci_whiteout()
+                    && stat_at(dfd.as_fd(), &wh)?.is_some()
+                {
+                    return Ok(true); // an OCI whiteout hides the name below
+                }
+                return Ok(false);
+            }
+        };
+        if format::is_whiteout(st.st_mode, st.st_rdev) {
+            return Ok(true);
+        }
+        if is_dir(st.st_mode) {
+            let fd = Arc::new(LayerFd::new(open_dir(dfd.as_fd(), name)?));
+            let opaque = if lower {
+                Self::lower_dir_is_opaque(&fd)
+            } else {
+                format::dir_is_opaque_with(fd.as_fd(), None).unwrap_or(false)
+            };
+            match res {
+                None => {
+                    *res = Some(Probe {
+                        top: *loc,
+                        st,
+                        obj: Obj::Fd(fd.clone()),
+                        dirs: vec![(*loc, fd)],
+                        data: None,
+                    })
+                }
+                Some(p) if is_dir(p.st.st_mode) => p.dirs.push((*loc, fd)),
+                Some(_) => return Ok(true),
+            }
+            if opaque {
+                return Ok(true);
+            }
+        } else {
+            if res.is_none() {
+                let data = if *loc == Loc::Upper && self.may_be_metacopy(&st) {
+                    self.metacopy_data(dfd, name, dirs)?
+                } else {
+                    None
+                };
+                let mut st = st;
+                if let Some(d) = &data {
+                    // A metacopy file's blocks are its lower data's (as the kernel says).
+                    st.st_blocks = d.stat()?.st_blocks;
+                }
+                *res = Some(Probe {
+                    top: *loc,
+                    st,
+                    obj: Obj::At(dfd.clone(), name.to_vec()),
+                    dirs: Vec::new(),
+                    data,
+                });
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether a lower layer's directory is opaque (by xattr, or by the OCI marker its listing
+    /// shows).
+    fn lower_dir_is_opaque(fd: &LayerFd) -> bool {
+        let marker = fd
+            .listing()
+            .map(|l| l.has(format::OCI_OPAQUE_MARKER.as_bytes()));
+        format::dir_is_opaque_with(fd.as_fd(), marker).unwrap_or(false)
     }
 
     /// Whether an upper file may be a metacopy file (worth reading its attributes): only on a
@@ -598,7 +658,7 @@ impl Union {
                     mode: p.st.st_mode,
                     top: p.top,
                     obj: p.obj,
-                    dirs: p.dirs,
+                    dirs: p.dirs.into(),
                     nlookup: lookups,
                     unlinked: false,
                     data: p.data,
@@ -614,7 +674,15 @@ impl Union {
                 n.mode = p.st.st_mode;
                 n.top = p.top;
                 n.obj = p.obj;
-                n.dirs = p.dirs;
+                // A directory looked up again (its entry expired in the kernel) merges the
+                // same layer directories as before when they come from the same layers: the
+                // descriptors it holds keep their listings and index (exercised by cow.rs
+                // deep_lookups_through_the_merged_index_follow_the_rules).
+                let same_layers = n.dirs.len() == p.dirs.len()
+                    && n.dirs.iter().zip(&p.dirs).all(|(a, b)| a.0 == b.0);
+                if !same_layers {
+                    n.dirs = p.dirs.into();
+                }
                 n.data = p.data;
                 n.unlinked = false;
                 n.nlookup += lookups;
@@ -832,7 +900,9 @@ impl Union {
             n.data = meta_only.then_some(old_obj);
             if is_dir(mode) {
                 n.obj = Obj::Fd(new_obj.clone());
-                n.dirs.insert(0, (Loc::Upper, new_obj));
+                n.dirs = std::iter::once((Loc::Upper, new_obj))
+                    .chain(n.dirs.iter().cloned())
+                    .collect();
             } else {
                 n.obj = Obj::At(new_obj, name.clone());
             }
@@ -917,7 +987,12 @@ impl Union {
         // Now opaque: no lower contributes to it any more.
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(&ino) {
-            n.dirs.retain(|(l, _)| *l == Loc::Upper);
+            n.dirs = n
+                .dirs
+                .iter()
+                .filter(|(l, _)| *l == Loc::Upper)
+                .cloned()
+                .collect();
         }
         Ok(())
     }
