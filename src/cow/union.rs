@@ -458,9 +458,7 @@ impl Union {
             (wh.len() <= 255).then_some(wh)
         };
         // A lower directory's listing answers for names it does not hold.
-        if lower
-            && let Some(listing) = dfd.listing()
-        {
+        if lower && let Some(listing) = dfd.listing() {
             match listing.find(name) {
                 None if oci_whiteout().is_some_and(|wh| listing.has(&wh)) => {
                     return Ok(true); // an OCI whiteout hides the name below
