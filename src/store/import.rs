@@ -175,6 +175,7 @@ impl Store {
             source.to_string()
         };
         let got = self.ingest_layer(reader, &Expect::default(), &label, &lease, &bar)?;
+        super::pause::pause_point(super::pause::IMPORT_LAYER_STORED);
 
         let (os, arch) = host_platform();
         let created = rfc3339_now();

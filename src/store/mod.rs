@@ -25,6 +25,7 @@ pub mod images;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod pause;
 pub mod pending;
 pub mod reference;
 pub mod registry;
