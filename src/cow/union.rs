@@ -2062,6 +2062,9 @@ fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<RawEntry>, Errno> {
 /// Merges the listings of contributing layers: (name, type bits, device, inode) of the top
 /// object of each visible name.
 fn merge_dir(dirs: &[(Loc, Arc<LayerFd>)]) -> Result<Vec<MergedEntry>, Errno> {
+    // Names already decided by a higher layer; a directory of one layer (most of them) needs
+    // no such set.
+    let merging = dirs.len() > 1;
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut out = Vec::new();
     for (loc, fd) in dirs {
@@ -2077,14 +2080,14 @@ fn merge_dir(dirs: &[(Loc, Arc<LayerFd>)]) -> Result<Vec<MergedEntry>, Errno> {
         };
         let mut hidden_here: Vec<Vec<u8>> = Vec::new();
         for (name, t, ino) in names {
-            let (name, t, ino) = (name.clone(), *t, *ino);
+            let (t, ino) = (*t, *ino);
             if lower && name.starts_with(format::OCI_WHITEOUT_PREFIX.as_bytes()) {
-                if let Some(target) = format::oci_whiteout_target(&name) {
+                if let Some(target) = format::oci_whiteout_target(name) {
                     hidden_here.push(target.to_vec());
                 }
                 continue;
             }
-            if seen.contains(&name) {
+            if merging && seen.contains(name) {
                 continue;
             }
             let (kind, is_wh) = match t {
@@ -2094,14 +2097,16 @@ fn merge_dir(dirs: &[(Loc, Arc<LayerFd>)]) -> Result<Vec<MergedEntry>, Errno> {
                 Some(nix::dir::Type::Fifo) => (libc::S_IFIFO, false),
                 Some(nix::dir::Type::Socket) => (libc::S_IFSOCK, false),
                 Some(nix::dir::Type::BlockDevice) => (libc::S_IFBLK, false),
-                _ => match stat_at(fd.as_fd(), &name)? {
+                _ => match stat_at(fd.as_fd(), name)? {
                     Some(st) => (fmt(st.st_mode), format::is_whiteout(st.st_mode, st.st_rdev)),
                     None => continue,
                 },
             };
-            seen.insert(name.clone());
+            if merging {
+                seen.insert(name.clone());
+            }
             if !is_wh {
-                out.push((name, kind, dev, ino));
+                out.push((name.clone(), kind, dev, ino));
             }
         }
         for h in hidden_here {
