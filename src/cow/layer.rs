@@ -78,9 +78,9 @@ pub const MERGED_INDEX_MIN_LAYERS: usize = 4;
 
 /// Which of the lower directories merged into one directory of the view hold a name (or its
 /// `.wh.` whiteout), from their listings, built once per mount and directory: a lookup then
-/// visits only those layers instead of asking all of them, so its cost does not grow with the
-/// number of layers (a 64-layer image looks up like a 1-layer one). Lower layers never change
-/// while mounted, so the index never goes stale.
+/// visits only those layers instead of asking all of them, so its own cost does not grow with
+/// the number of layers (opening and listing each layer's copy of the directory, once, still
+/// does). Lower layers never change while mounted, so the index never goes stale.
 pub struct MergedIndex {
     /// The directories it was built from, top first (by address: checked on every use).
     layers: Vec<usize>,
