@@ -1368,7 +1368,8 @@ fn deep_lookups(mnt: &Path) -> Vec<String> {
 
 /// A union of 12 random lower layers looks up, reads and lists like kernel overlayfs, on the first
 /// walk (lower layers asked one by one, then through the index strata builds of a merged
-/// directory's lower layers) and on the second (all through the index).
+/// directory's lower layers), on the second (all through the index), and after the same
+/// removals, writes and new directories through both.
 #[test]
 fn deep_unions_look_up_like_the_kernel() {
     if !(have_fuse() && have_kernel_overlay()) {
@@ -1403,7 +1404,32 @@ fn deep_unions_look_up_like_the_kernel() {
             &sides[1].join("work"),
             &sides[1].join("mnt"),
         );
-        for walk in ["first", "second"] {
+        for walk in ["first", "second", "after changes"] {
+            if walk == "after changes" {
+                // Changes through both views, the same: removing copies a directory up and
+                // leaves whiteouts, new names go to the upper layer in front of the indexed
+                // lower ones.
+                for d in ["", "a", "b", "c/d"] {
+                    for (i, n) in DEEP_NAMES.iter().enumerate().take(6) {
+                        let rel = if d.is_empty() {
+                            n.to_string()
+                        } else {
+                            format!("{d}/{n}")
+                        };
+                        let op = |root: &Path| -> Result<(), i32> {
+                            let p = root.join(&rel);
+                            let r = match i % 3 {
+                                0 => fs::remove_file(&p).or_else(|_| fs::remove_dir_all(&p)),
+                                1 => fs::write(&p, b"written\n"),
+                                _ => fs::create_dir(p.with_extension("new")),
+                            };
+                            r.map_err(|e| e.raw_os_error().unwrap_or(0))
+                        };
+                        let (rs, rk) = (op(strata.path()), op(kernel.path()));
+                        assert_eq!(rs, rk, "seed {seed}: change of {rel}: strata / kernel");
+                    }
+                }
+            }
             let s = deep_lookups(strata.path());
             let k = deep_lookups(kernel.path());
             let differ: Vec<String> = s
