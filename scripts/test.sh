@@ -71,10 +71,16 @@ watchdog() {
     done
     grep ' fuse' /proc/mounts >&2 || true
     dmesg 2>/dev/null | tail -n 40 >&2 || true
-    # Stopped servers are let go and all servers killed, so that waiting unmounts end.
+    # Stopped strata servers are let go and all killed, and the connections of strata's FUSE
+    # mounts (source strata...; the connection is the mount's device minor) aborted, so that
+    # waiting unmounts and requests end. Other FUSE mounts are left alone.
     pkill -CONT -x strata 2>/dev/null || true
     pkill -KILL -x strata 2>/dev/null || true
-    for a in /sys/fs/fuse/connections/*/abort; do echo 1 >"$a" 2>/dev/null || true; done
+    mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
+    awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) ~ /^fuse/ && $(i + 2) ~ /^strata/) { split($3, d, ":"); print d[2] } break } }' \
+      /proc/self/mountinfo | sort -u | while read -r minor; do
+      echo 1 >"/sys/fs/fuse/connections/$minor/abort" 2>/dev/null || true
+    done
     sleep 5
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     return 0
